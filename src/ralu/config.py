@@ -1,0 +1,171 @@
+"""RALU sampling configurations: validated, frozen, with the paper's presets."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+from .schedule import Stage, renoise_coefficients, restart_progress, stage_sigmas
+
+UPSAMPLE_MODES = ("token_repeat", "latent_nearest")
+TOKEN_POSITIONS = ("corner", "center")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class RALUConfig:
+    """A three-stage RALU schedule (DESIGN.md §2).
+
+    steps: (N1, N2, N3) model calls per stage (paper N).
+    ends: (e1, e2, 1.0) progress at which each stage ends (paper e), 0 < e1 < e2 < 1.
+    up_ratio: fraction of low-res tokens upsampled early, at the stage 1 → 2 change (paper r).
+    shifts: (H1, H2, H3) per-stage scheduler shifts (paper h); solved by NT-DM when None.
+    noise_ratio: Z = 1/√c of the renoising, Z ≥ 2; solved by NT-DM when None.
+    base_shift: the model's stock shift h0 that NT-DM matches (3.0 for FLUX.1-dev and SD3).
+    upsample: "token_repeat" (the reference script: each packed 2×2-patch token copied four
+        times) or "latent_nearest" (nearest upsampling of the latent image), DESIGN.md §7.1.
+    canny_clip_unit: True reproduces the reference script, which clips the decoded image to
+        [0, 1] before Canny although the VAE outputs [-1, 1] (§7.2); False maps [-1, 1] → [0, 1].
+    token_position: "corner" (the reference: a low-res token sits at its top-left child) or
+        "center" (at the centre of its four children), §7.4.
+    exact_kept_noise: False keeps the reference's renoising of tokens that are not upsampled
+        (noise level α·√(1+1/Z²)); True scales their fresh noise to give exactly α (§3).
+    name: preset name, for display only.
+    """
+
+    steps: tuple[int, ...]
+    ends: tuple[float, ...]
+    up_ratio: float
+    shifts: tuple[float, ...] | None = None
+    noise_ratio: float | None = None
+    base_shift: float = 3.0
+    upsample: str = "token_repeat"
+    canny_clip_unit: bool = False
+    token_position: str = "corner"
+    exact_kept_noise: bool = False
+    name: str | None = field(default=None, compare=False)
+
+    PRESETS: ClassVar[dict[str, dict]] = {
+        # The reference script's presets for FLUX.1-dev at 1024² (DESIGN.md §6).
+        "flux-dev-4x": dict(steps=(5, 6, 7), ends=(0.3, 0.45, 1.0), up_ratio=0.3,
+                            shifts=(5.019, 2.589, 2.226), noise_ratio=6.317),
+        "flux-dev-7x": dict(steps=(2, 3, 5), ends=(0.2, 0.3, 1.0), up_ratio=0.1,
+                            shifts=(8.141, 2.856, 2.193), noise_ratio=6.261),
+    }
+
+    def __post_init__(self) -> None:
+        steps, ends = tuple(self.steps), tuple(self.ends)
+        if len(steps) != 3 or not all(_is_int(n) and n >= 1 for n in steps):
+            raise ValueError(f"steps must be three integers >= 1 (N1, N2, N3), got {self.steps!r}")
+        if len(ends) != 3 or not all(isinstance(e, (int, float)) for e in ends):
+            raise ValueError(f"ends must be three progresses (e1, e2, 1.0), got {self.ends!r}")
+        ends = tuple(float(e) for e in ends)
+        if not (0.0 < ends[0] < ends[1] < ends[2]) or ends[2] != 1.0:
+            raise ValueError(f"ends must increase strictly from above 0 and end at 1.0 (0 < e1 < e2 < e3 = 1), got {self.ends!r}")
+        if not isinstance(self.up_ratio, (int, float)) or not 0.0 <= self.up_ratio <= 1.0:
+            raise ValueError(f"up_ratio must be in [0, 1], got {self.up_ratio!r}")
+        if not isinstance(self.base_shift, (int, float)) or not self.base_shift > 0:
+            raise ValueError(f"base_shift must be > 0, got {self.base_shift!r}")
+        if self.upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
+        if self.token_position not in TOKEN_POSITIONS:
+            raise ValueError(f"token_position must be one of {TOKEN_POSITIONS}, got {self.token_position!r}")
+        shifts, noise_ratio = self.shifts, self.noise_ratio
+        if shifts is not None:
+            shifts = tuple(shifts)
+            if len(shifts) != 3 or not all(isinstance(h, (int, float)) and h > 0 for h in shifts):
+                raise ValueError(f"shifts must be three numbers > 0 (H1, H2, H3), got {self.shifts!r}")
+        if noise_ratio is not None and (not isinstance(noise_ratio, (int, float)) or not noise_ratio >= 2.0):
+            raise ValueError(f"noise_ratio must be >= 2 (Z = 1/sqrt(c), c <= 1/4), got {self.noise_ratio!r}")
+        if shifts is None or noise_ratio is None:
+            from .ntdm import solve_ntdm
+
+            solved_shifts, solved_ratio = solve_ntdm(steps, ends, float(self.base_shift))
+            shifts = solved_shifts if shifts is None else shifts
+            noise_ratio = solved_ratio if noise_ratio is None else noise_ratio
+        object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "ends", ends)
+        object.__setattr__(self, "up_ratio", float(self.up_ratio))
+        object.__setattr__(self, "shifts", tuple(float(h) for h in shifts))
+        object.__setattr__(self, "noise_ratio", float(noise_ratio))
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> RALUConfig:
+        """A named preset (``flux-dev-4x``, ``flux-dev-7x``), optionally with fields replaced."""
+        if name not in cls.PRESETS:
+            raise ValueError(f"preset must be one of {sorted(cls.PRESETS)}, got {name!r}")
+        return cls(**{**cls.PRESETS[name], "name": name, **overrides})
+
+    def replace(self, **changes) -> RALUConfig:
+        """A copy with fields changed (validated again)."""
+        return replace(self, **changes)
+
+    @property
+    def restarts(self) -> tuple[float, ...]:
+        """Restart progress s_k of each stage."""
+        return restart_progress(self.ends, self.noise_ratio)
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The three stages with their σ grids and the renoising applied on entering each."""
+        out = []
+        for k, resolution in enumerate(("low", "mixed", "full")):
+            alpha, beta = (1.0, 1.0) if k == 0 else renoise_coefficients(self.ends[k - 1], self.noise_ratio)
+            sigmas = stage_sigmas(self.restarts[k], self.ends[k], self.steps[k], self.shifts[k])
+            out.append(Stage(resolution, tuple(float(s) for s in sigmas), alpha, beta))
+        return tuple(out)
+
+    def selected_tokens(self, low_tokens: int) -> int:
+        """Tokens upsampled at the stage 1 → 2 change: ``floor(r · M_low)``.
+
+        A small epsilon guards against float products such as ``0.29 * 100 = 28.999…``
+        (the reference's ``int(M * r)`` would select one token too few there).
+        """
+        return min(low_tokens, math.floor(self.up_ratio * low_tokens + 1e-9))
+
+    def tokens_per_stage(self, full_tokens: int) -> tuple[int, int, int]:
+        """Image tokens of each stage for ``full_tokens`` tokens at full resolution (a multiple of 4)."""
+        low = full_tokens // 4
+        k = self.selected_tokens(low)
+        return low, low - k + 4 * k, full_tokens
+
+    def describe(self) -> str:
+        label = self.name or "custom"
+        return (f"{label}: steps={self.steps} ends={self.ends} up_ratio={self.up_ratio} "
+                f"shifts={tuple(round(h, 3) for h in self.shifts)} noise_ratio={self.noise_ratio:.3f}")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The stock single-resolution schedule, run through the same sampler as RALU.
+
+    steps: model calls (50 for FLUX.1-dev in the paper).
+    shift: scheduler shift h; None lets the pipeline use its scheduler's own (resolution-dependent) shift.
+    """
+
+    steps: int = 50
+    shift: float | None = None
+    name: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.steps) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        if self.shift is not None and (not isinstance(self.shift, (int, float)) or not self.shift > 0):
+            raise ValueError(f"shift must be > 0 or None, got {self.shift!r}")
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        if self.shift is None:
+            raise ValueError("Baseline.shift is None: resolve it first (the pipeline does, from its scheduler)")
+        return (Stage("full", tuple(float(s) for s in stage_sigmas(0.0, 1.0, self.steps, self.shift))),)
+
+    def tokens_per_stage(self, full_tokens: int) -> tuple[int]:
+        return (full_tokens,)
+
+    def describe(self) -> str:
+        shift = "scheduler" if self.shift is None else f"{self.shift:.3f}"
+        return f"{self.name or 'baseline'}: steps={self.steps} shift={shift} (full resolution)"

@@ -1,0 +1,149 @@
+"""``RALUFluxPipeline``: FluxPipeline with RALU's three-stage sampler."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers import FluxPipeline
+
+from ..adapters.flux import FluxAdapter
+from ..config import Baseline, RALUConfig
+from ..sampler import sample
+from .common import (check_batch, check_output_type, check_size, make_output, resolve_baseline_shift,
+                     resolve_config, stage_progress)
+
+
+class RALUFluxPipeline(FluxPipeline):
+    """A FluxPipeline whose ``__call__`` samples with RALU (or a baseline schedule) via ``config=``.
+
+    Build it like any diffusers pipeline (``from_pretrained``) or share an existing pipeline's
+    components with ``RALUFluxPipeline.from_pipe(pipe)``; LoRA loaded on those components applies.
+    Text encoding, input checks, latent preparation and VAE decoding are FluxPipeline's own.
+    """
+
+    default_preset = "flux-dev-4x"
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        prompt_2: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
+        true_cfg_scale: float = 1.0,
+        height: int | None = None,
+        width: int | None = None,
+        guidance_scale: float = 3.5,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        joint_attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        max_sequence_length: int = 512,
+        config: RALUConfig | Baseline | str | None = None,
+        num_inference_steps: int | None = None,
+    ):
+        """Generate images; arguments as ``FluxPipeline.__call__``, plus:
+
+        config: a :class:`RALUConfig`, a preset name (default ``"flux-dev-4x"``) or a
+            :class:`Baseline` to run the stock single-resolution schedule through the same loop.
+        num_inference_steps: only with ``config=None``, as a shortcut for ``Baseline(steps)``;
+            RALU's steps per stage come from its config.
+
+        Returns a :class:`~ralu.pipelines.common.RALUPipelineOutput` (``images`` as FluxPipeline's,
+        plus the selected ``regions`` and per-stage timings) or ``(images,)``.
+        """
+        if num_inference_steps is not None:
+            if config is not None:
+                raise ValueError("pass either num_inference_steps (a baseline run) or config, not both: "
+                                 "RALU's steps per stage are config.steps")
+            config = Baseline(num_inference_steps)
+        config = resolve_config(config, self.default_preset)
+        height = height or self.default_sample_size * self.vae_scale_factor
+        width = width or self.default_sample_size * self.vae_scale_factor
+        multiple = self.vae_scale_factor * (4 if isinstance(config, RALUConfig) else 2)
+        check_size(height, width, multiple, "for this config (whole 2x2-latent tokens at half resolution)"
+                   if isinstance(config, RALUConfig) else "(whole 2x2-latent tokens)")
+        check_output_type(output_type)
+        callback_on_step_end_tensor_inputs = list(callback_on_step_end_tensor_inputs)
+        self.check_inputs(prompt, prompt_2, height, width, negative_prompt=negative_prompt,
+                          negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
+                          negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+                          negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+                          callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                          max_sequence_length=max_sequence_length)
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+        prompts = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
+        batch = prompts * num_images_per_prompt
+        grid = (height // (self.vae_scale_factor * 2), width // (self.vae_scale_factor * 2))
+        channels = self.transformer.config.in_channels
+        check_batch(batch, generator, latents, (batch, grid[0] * grid[1], channels))
+        config = resolve_baseline_shift(config, self.scheduler.config, grid[0] * grid[1])
+
+        self._guidance_scale = guidance_scale
+        self._joint_attention_kwargs = joint_attention_kwargs or {}
+        self._current_timestep = None
+        self._interrupt = False
+        self._num_timesteps = sum(stage.steps for stage in config.stages)
+        device = self._execution_device
+        lora_scale = self._joint_attention_kwargs.get("scale")
+
+        prompt_embeds, pooled_prompt_embeds, text_ids = self.encode_prompt(
+            prompt=prompt, prompt_2=prompt_2, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+            device=device, num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length,
+            lora_scale=lora_scale)
+        negative = None
+        has_negative = negative_prompt is not None or (negative_prompt_embeds is not None
+                                                       and negative_pooled_prompt_embeds is not None)
+        if true_cfg_scale > 1 and has_negative:
+            negative = self.encode_prompt(
+                prompt=negative_prompt, prompt_2=negative_prompt_2, prompt_embeds=negative_prompt_embeds,
+                pooled_prompt_embeds=negative_pooled_prompt_embeds, device=device,
+                num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length,
+                lora_scale=lora_scale)
+        latents, _ = self.prepare_latents(batch, channels // 4, height, width, prompt_embeds.dtype, device,
+                                          generator, latents)
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full([batch], guidance_scale, device=device, dtype=torch.float32)
+
+        adapter = FluxAdapter(self.transformer, self.vae, prompt_embeds, pooled_prompt_embeds, text_ids,
+                              guidance=guidance, joint_attention_kwargs=self._joint_attention_kwargs,
+                              negative=negative, true_cfg_scale=true_cfg_scale,
+                              vae_scale_factor=self.vae_scale_factor)
+        result = sample(adapter, latents, config, grid, generator=generator,
+                        callback=self._step_callback(adapter, callback_on_step_end, callback_on_step_end_tensor_inputs),
+                        interrupt=lambda: self.interrupt, progress=stage_progress(self))
+        self._current_timestep = None
+
+        if output_type == "latent":
+            images = result.latents
+        else:
+            images = self.image_processor.postprocess(adapter.decode(result.latents, grid), output_type=output_type)
+        self.maybe_free_model_hooks()
+        return make_output(images, result, return_dict)
+
+    def _step_callback(self, adapter: FluxAdapter, callback, tensor_inputs: list[str]):
+        """Adapt the sampler's per-step hook to diffusers' ``callback_on_step_end`` convention."""
+
+        def on_step(step: int, sigma: torch.Tensor, x: torch.Tensor):
+            self._current_timestep = sigma * 1000
+            if callback is None:
+                return None
+            available = {"latents": x, "prompt_embeds": adapter.cond[0]}
+            outputs = callback(self, step, sigma * 1000, {k: available[k] for k in tensor_inputs}) or {}
+            if "prompt_embeds" in outputs:
+                adapter.cond = (outputs["prompt_embeds"],) + adapter.cond[1:]
+            return outputs.get("latents")
+
+        return on_step

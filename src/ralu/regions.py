@@ -1,0 +1,62 @@
+"""Edge-based choice of the regions RALU upsamples first (DESIGN.md §2).
+
+Decoded clean estimates → grey → Canny → edge pixels counted in each low-res token's
+footprint → the top ``k`` tokens per sample.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CANNY_THRESHOLDS = (100, 200)
+
+
+def to_gray_uint8(images: torch.Tensor, clip_unit: bool = False) -> np.ndarray:
+    """Images (B, 3, H, W) in [-1, 1] → (B, H, W) uint8 grey (ITU-R 601 luma).
+
+    clip_unit: reproduce the reference script, which clips the [-1, 1] output to [0, 1]
+    (so every dark pixel becomes black); otherwise [-1, 1] is mapped onto [0, 1] first.
+    """
+    rgb = images.detach().to(device="cpu", dtype=torch.float32)
+    gray = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]
+    if not clip_unit:
+        gray = (gray + 1.0) / 2.0
+    # truncation, as the reference's astype(uint8)
+    return (gray.clamp(0.0, 1.0) * 255.0).numpy().astype(np.uint8)
+
+
+def edge_scores(images: torch.Tensor, grid: tuple[int, int], clip_unit: bool = False) -> torch.Tensor:
+    """Canny edge pixels per low-res token: images (B, 3, H, W) in [-1, 1] → (B, h·w) float32.
+
+    grid: (h, w) low-res token grid; each token's footprint is (H/h) × (W/w) pixels
+    (16×16 for FLUX and SD3 at the low resolution).
+    """
+    import cv2
+
+    h, w = grid
+    batch, _, height, width = images.shape
+    if height % h or width % w:
+        raise ValueError(f"image size {height}x{width} is not a multiple of the token grid {h}x{w}")
+    gray = to_gray_uint8(images, clip_unit)
+    edges = np.stack([cv2.Canny(g, *CANNY_THRESHOLDS) for g in gray]).astype(np.float32) / 255.0
+    counts = torch.from_numpy(edges).view(batch, h, height // h, w, width // w).sum(dim=(2, 4))
+    return counts.flatten(1)
+
+
+def select_tokens(scores: torch.Tensor, count: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Indices of the ``count`` highest-scoring tokens per sample: scores (B, h·w) → (B, count) sorted.
+
+    Ties (e.g. the many tokens without any edge) are broken deterministically: first by the
+    edge count of the 3×3 token neighbourhood (tokens next to edges come first), then by index.
+    The reference breaks ties with global random noise instead.
+    """
+    batch = scores.shape[0]
+    if count == 0:
+        return torch.zeros(batch, 0, dtype=torch.long, device=scores.device)
+    maps = scores.view(batch, 1, *grid).double()
+    neighbourhood = F.avg_pool2d(maps, 3, stride=1, padding=1, count_include_pad=False).flatten(1)
+    key = scores.double() + 0.5 * neighbourhood / (neighbourhood.amax(dim=1, keepdim=True) + 1.0)
+    order = torch.argsort(key, dim=1, descending=True, stable=True)
+    return order[:, :count].sort(dim=1).values
