@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ralu import Baseline, RALUConfig
+
+
+def test_presets_are_the_reference_values():
+    four = RALUConfig.preset("flux-dev-4x")
+    assert (four.steps, four.ends, four.up_ratio) == ((5, 6, 7), (0.3, 0.45, 1.0), 0.3)
+    assert four.shifts == (5.019, 2.589, 2.226) and four.noise_ratio == 6.317
+    seven = RALUConfig.preset("flux-dev-7x")
+    assert (seven.steps, seven.ends, seven.up_ratio) == ((2, 3, 5), (0.2, 0.3, 1.0), 0.1)
+    assert seven.shifts == (8.141, 2.856, 2.193) and seven.noise_ratio == 6.261
+
+
+@pytest.mark.parametrize("name, tokens", [
+    # 1024x1024 FLUX: 64x64 full tokens, 32x32 low; stage 2 = (M - k) + 4k, k = floor(r M)
+    ("flux-dev-4x", (1024, 1024 - 307 + 4 * 307, 4096)),
+    ("flux-dev-7x", (1024, 1024 - 102 + 4 * 102, 4096)),
+])
+def test_preset_token_counts(name, tokens):
+    assert RALUConfig.preset(name).tokens_per_stage(4096) == tokens
+
+
+def test_custom_config_takes_shifts_from_ntdm():
+    config = RALUConfig(steps=(5, 6, 7), ends=(0.3, 0.45, 1.0), up_ratio=0.3)
+    assert config.shifts == pytest.approx((5.019, 2.589, 2.226), abs=1e-3)
+    assert config.noise_ratio == pytest.approx(6.317, abs=1e-3)
+
+
+def test_given_noise_ratio_is_kept_and_shifts_solved():
+    config = RALUConfig(steps=(5, 6, 7), ends=(0.3, 0.45, 1.0), up_ratio=0.3, noise_ratio=4.0)
+    assert config.noise_ratio == 4.0 and len(config.shifts) == 3
+
+
+def test_stage_grids_join_restart_progress():
+    config = RALUConfig.preset("flux-dev-4x")
+    stages = config.stages
+    assert [s.resolution for s in stages] == ["low", "mixed", "full"]
+    assert [s.steps for s in stages] == [5, 6, 7]
+    assert stages[0].sigmas[0] == 1.0 and stages[-1].sigmas[-1] == pytest.approx(0.0, abs=1e-15)
+    for k in range(3):
+        assert stages[k].sigmas[0] == pytest.approx(1 - config.restarts[k], abs=1e-12)
+        assert stages[k].sigmas[-1] == pytest.approx(1 - config.ends[k], abs=1e-12)
+        assert all(a > b for a, b in zip(stages[k].sigmas, stages[k].sigmas[1:]))
+    # renoising lands on the flow path: beta*e = s and beta*(1-e) = alpha/Z (DESIGN.md §3)
+    for k in (1, 2):
+        e, s, z = config.ends[k - 1], config.restarts[k], config.noise_ratio
+        assert stages[k].beta * e == pytest.approx(s, rel=1e-12)
+        assert stages[k].beta * (1 - e) == pytest.approx(stages[k].alpha / z, rel=1e-12)
+        assert stages[k].alpha == pytest.approx(1 - s, rel=1e-12)
+
+
+def test_selected_tokens_floor_is_robust_to_float_products():
+    config = RALUConfig(steps=(1, 1, 1), ends=(0.3, 0.45, 1.0), up_ratio=0.29, shifts=(3, 3, 3), noise_ratio=6)
+    assert 0.29 * 100 < 29  # the float product that int(M * r) truncates to 28
+    assert config.selected_tokens(100) == 29
+    assert config.selected_tokens(99) == math.floor(0.29 * 99)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(steps=(5, 0, 7)), r"steps must be three integers >= 1"),
+    (dict(steps=(5, 6)), r"steps must be three integers"),
+    (dict(steps=(5, 6.0, 7)), r"steps must be three integers"),
+    (dict(ends=(0.45, 0.3, 1.0)), r"ends must increase strictly.*got \(0.45, 0.3, 1.0\)"),
+    (dict(ends=(0.3, 0.45, 0.9)), r"ends must .*end at 1.0"),
+    (dict(ends=(0.0, 0.45, 1.0)), r"ends must .*0 < e1"),
+    (dict(up_ratio=1.5), r"up_ratio must be in \[0, 1\], got 1.5"),
+    (dict(up_ratio=-0.1), r"up_ratio must be in \[0, 1\]"),
+    (dict(noise_ratio=1.5), r"noise_ratio must be >= 2.*got 1.5"),
+    (dict(shifts=(1.0, 0.0, 2.0)), r"shifts must be three numbers > 0"),
+    (dict(shifts=(1.0, -2.0, 2.0)), r"shifts must be three numbers > 0"),
+    (dict(base_shift=0), r"base_shift must be > 0"),
+    (dict(upsample="bilinear"), r"upsample must be one of \('token_repeat', 'latent_nearest'\), got 'bilinear'"),
+    (dict(token_position="middle"), r"token_position must be one of"),
+])
+def test_validation_errors_name_the_field(kwargs, match):
+    base = dict(steps=(5, 6, 7), ends=(0.3, 0.45, 1.0), up_ratio=0.3, shifts=(3.0, 3.0, 3.0), noise_ratio=6.0)
+    with pytest.raises(ValueError, match=match):
+        RALUConfig(**{**base, **kwargs})
+
+
+def test_unknown_preset_lists_the_names():
+    with pytest.raises(ValueError, match=r"preset must be one of \['flux-dev-4x', 'flux-dev-7x'\], got 'flux-9x'"):
+        RALUConfig.preset("flux-9x")
+
+
+def test_replace_validates_again():
+    with pytest.raises(ValueError, match="up_ratio"):
+        RALUConfig.preset("flux-dev-4x").replace(up_ratio=2.0)
+
+
+def test_baseline_validation_and_grid():
+    with pytest.raises(ValueError, match=r"steps must be an integer >= 1, got 0"):
+        Baseline(0)
+    with pytest.raises(ValueError, match=r"shift must be > 0 or None"):
+        Baseline(10, shift=-1.0)
+    with pytest.raises(ValueError, match="resolve it first"):
+        Baseline(10).stages
+    (stage,) = Baseline(4, shift=1.0).stages
+    assert stage.sigmas == pytest.approx((1.0, 0.75, 0.5, 0.25, 0.0))
