@@ -1,0 +1,291 @@
+"""The ``ralu`` command: inspect schedules, generate images, run the offline timing demo.
+
+Argument parsing and printing only; the schedule math lives in ``config`` and ``cost``.
+torch and diffusers are imported by the subcommands that need them, so ``ralu schedule``
+stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import Baseline, RALUConfig
+from .cost import FLUX_DEV_CONFIG, image_tokens, schedule_cost, speedup
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+# The offline demo's random transformer: FLUX-shaped (double then single blocks, 3-axis RoPE),
+# wide enough that its calls dominate the run time next to the tiny text encoders and VAE.
+DEMO_TRANSFORMER = dict(num_attention_heads=8, attention_head_dim=64, axes_dims_rope=(16, 24, 24), num_layers=2,
+                        num_single_layers=4, joint_attention_dim=64, pooled_projection_dim=64)
+DEMO_PROMPT = "a photo of a red puppy high fiving a blue kitten"
+# FLUX.1-dev at 1024² pairs 4096 image tokens with 512 text tokens; the demo keeps that 8:1 ratio.
+DEMO_IMAGE_TO_TEXT = 8
+
+
+class UsageError(Exception):
+    """Invalid command-line input: reported on one line, exit code 2."""
+
+
+def _add_schedule_options(parser: argparse.ArgumentParser, baseline: bool) -> None:
+    group = parser.add_argument_group("schedule (default: the flux-dev-4x preset)")
+    group.add_argument("--preset", choices=sorted(RALUConfig.PRESETS), help="a named RALU preset")
+    group.add_argument("--steps", type=int, nargs=3, metavar=("N1", "N2", "N3"), help="model calls per stage")
+    group.add_argument("--ends", type=float, nargs=3, metavar=("E1", "E2", "E3"),
+                       help="progress at which each stage ends, e.g. 0.3 0.45 1.0")
+    group.add_argument("--up-ratio", type=float, metavar="R", help="fraction of low-res tokens upsampled early")
+    group.add_argument("--shifts", type=float, nargs=3, metavar=("H1", "H2", "H3"),
+                       help="per-stage scheduler shifts (default: solved by NT-DM)")
+    group.add_argument("--noise-ratio", type=float, metavar="Z", help="renoising ratio Z >= 2 (default: NT-DM)")
+    group.add_argument("--base-shift", type=float, metavar="H0",
+                       help="stock shift NT-DM matches (default 3.0); with --preset, re-solves its shifts")
+    if baseline:
+        group.add_argument("--baseline", type=int, metavar="STEPS",
+                           help="run the stock single-resolution schedule with STEPS calls instead of RALU")
+
+
+def _config_from_args(args: argparse.Namespace) -> RALUConfig | Baseline:
+    """The schedule the options describe; raises UsageError or ValueError on invalid input."""
+    custom = [f"--{name.replace('_', '-')}" for name in ("steps", "ends", "up_ratio")
+              if getattr(args, name) is not None]
+    solver = {} if args.base_shift is None else {"base_shift": args.base_shift}
+    baseline = getattr(args, "baseline", None)
+    chosen = [flag for flag, given in (("--preset", args.preset is not None), ("--steps/--ends/--up-ratio", custom),
+                                       ("--baseline", baseline is not None)) if given]
+    if len(chosen) > 1:
+        raise UsageError(f"choose one schedule: {' or '.join(chosen)}")
+    if baseline is not None:
+        if args.shifts or args.noise_ratio is not None or args.base_shift is not None:
+            raise UsageError("--shifts, --noise-ratio and --base-shift apply to RALU schedules, not --baseline")
+        return Baseline(baseline)
+    overrides = {}
+    if args.shifts is not None:
+        overrides["shifts"] = tuple(args.shifts)
+    if args.noise_ratio is not None:
+        overrides["noise_ratio"] = args.noise_ratio
+    if custom:
+        if len(custom) < 3:
+            raise UsageError("--steps, --ends and --up-ratio go together; missing "
+                             + ", ".join(sorted({"--steps", "--ends", "--up-ratio"} - set(custom))))
+        return RALUConfig(steps=tuple(args.steps), ends=tuple(args.ends), up_ratio=args.up_ratio,
+                          **solver, **overrides)
+    if solver:  # the preset's shifts and Z were solved for base shift 3.0: solve again unless given
+        overrides = {"shifts": None, "noise_ratio": None, **solver, **overrides}
+    return RALUConfig.preset(args.preset or "flux-dev-4x", **overrides)
+
+
+def _format_tokens(tokens: Sequence[int]) -> str:
+    return " / ".join(str(n) for n in tokens)
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)  # `schedule` has no --baseline: always a RALUConfig
+    full = image_tokens(args.height, args.width, multiple=32)
+    cost = schedule_cost(config, full, text_tokens=args.text_tokens)
+    base = schedule_cost(Baseline(args.baseline_steps), full, text_tokens=args.text_tokens)
+    print(config.describe())
+    print(f"  restarts s = ({', '.join(f'{s:.4f}' for s in config.restarts)})  "
+          f"c = 1/Z^2 = {config.noise_ratio ** -2:.4f}  "
+          f"base shift h0 = {config.base_shift:g}")
+    print(f"  {args.width}x{args.height} px: {full} image tokens at full resolution, {args.text_tokens} text tokens; "
+          f"FLUX.1-dev transformer ({FLUX_DEV_CONFIG['num_layers']} double + "
+          f"{FLUX_DEV_CONFIG['num_single_layers']} single blocks)")
+    print()
+    header = f"{'stage':<7}{'resolution':<12}{'shift':>7}{'steps':>7}  {'sigma first -> last':<20}" \
+             f"{'image tokens':>13}{'TFLOPs':>10}{'share':>8}"
+    print(header)
+    print("-" * len(header))
+    for k, stage in enumerate(config.stages):
+        sigmas = f"{stage.sigmas[0]:.4f} -> {stage.sigmas[-1]:.4f}"
+        print(f"{k + 1:<7}{stage.resolution:<12}{config.shifts[k]:>7.3f}{stage.steps:>7}  {sigmas:<20}"
+              f"{cost.tokens[k]:>13}{cost.flops[k] / 1e12:>10.1f}{cost.shares[k]:>8.1%}")
+    print(f"{'total':<19}{'':>7}{sum(cost.steps):>7}  {'':<20}{'':>13}{cost.total / 1e12:>10.1f}{1:>8.0%}")
+    print()
+    print(f"baseline: {args.baseline_steps} steps x {full} tokens = {base.total / 1e12:.1f} TFLOPs")
+    print(f"analytic transformer speedup: {base.total / cost.total:.2f}x "
+          f"(transformer FLOPs only; text encoders and VAE decodes are extra)")
+    return 0
+
+
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _resolve_dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        name = "float32" if device == "cpu" else "bfloat16"
+    return getattr(torch, name)
+
+
+def _dtype_argument(dtype) -> dict:
+    """``dtype=`` where diffusers has renamed ``torch_dtype`` (the old name warns), else ``torch_dtype=``."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
+
+
+def _output_paths(output: Path, count: int) -> list[Path]:
+    """out.png, out_1.png, out_2.png ... for ``count`` images."""
+    return [output if i == 0 else output.with_name(f"{output.stem}_{i}{output.suffix}") for i in range(count)]
+
+
+def _print_stages(output) -> None:
+    for k, (steps, tokens, seconds) in enumerate(zip(output.stage_steps, output.stage_tokens, output.stage_seconds)):
+        print(f"  stage {k + 1}: {steps:>3} steps  {tokens:>6} image tokens  {seconds:8.2f} s")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)
+    if args.output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise UsageError(f"--output must end in .png, .jpg, .jpeg or .webp, got {str(args.output)!r}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)  # fail before the model loads, not after the run
+    import torch
+
+    from .pipelines.flux import RALUFluxPipeline
+
+    device = _resolve_device(args.device)
+    dtype = _resolve_dtype(args.dtype, device)
+    start = time.perf_counter()
+    pipe = RALUFluxPipeline.from_pretrained(args.model, **_dtype_argument(dtype)).to(device)
+    print(f"loaded {args.model} on {device} ({str(dtype).removeprefix('torch.')}) in "
+          f"{time.perf_counter() - start:.1f} s")
+    print(config.describe())
+    generator = torch.Generator("cpu").manual_seed(args.seed)
+    start = time.perf_counter()
+    output = pipe(args.prompt, height=args.height, width=args.width, guidance_scale=args.guidance,
+                  num_images_per_prompt=args.num_images, generator=generator, config=config)
+    total = time.perf_counter() - start
+    _print_stages(output)
+    print(f"  sampling {sum(output.stage_seconds):.2f} s, total {total:.2f} s "
+          f"(text encoding and decoding included), {sum(output.stage_steps)} model calls")
+    if output.regions is None:
+        print("  regions: none (single-resolution schedule)")
+    else:
+        low = output.regions[0].numel()
+        counts = ", ".join(str(int(r.sum())) for r in output.regions)
+        print(f"  regions upsampled early: {counts} of {low} low-res tokens")
+    for image, path in zip(output.images, _output_paths(args.output, len(output.images))):
+        image.save(path)
+        print(f"saved {path} ({image.width}x{image.height})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from .pipelines.flux import RALUFluxPipeline
+    from .tiny import tiny_flux_components
+
+    size, steps = (64, 20) if args.quick else (args.size, args.steps)
+    full = image_tokens(size, size, multiple=32)
+    text_tokens = max(1, full // DEMO_IMAGE_TO_TEXT)
+    pipe = RALUFluxPipeline(**tiny_flux_components(seed=0, **DEMO_TRANSFORMER))
+    pipe.set_progress_bar_config(disable=True)
+    model_config = dict(pipe.transformer.config)
+    print("RALU offline demo: a RANDOM-weight FLUX-shaped pipeline (no trained model ships yet).")
+    print("The images are noise; only the timing is meaningful.")
+    t = DEMO_TRANSFORMER
+    print(f"transformer: {t['num_layers']} double + {t['num_single_layers']} single blocks, "
+          f"{t['num_attention_heads']} heads x {t['attention_head_dim']}; {size}x{size} px = {full} image tokens, "
+          f"{text_tokens} text tokens (8:1, as FLUX.1-dev at 1024²); {torch.get_num_threads()} CPU threads")
+
+    def run(config):
+        start = time.perf_counter()
+        out = pipe(DEMO_PROMPT, height=size, width=size, generator=torch.Generator("cpu").manual_seed(0),
+                   config=config, max_sequence_length=text_tokens, output_type="np")
+        return out, time.perf_counter() - start
+
+    run(RALUConfig.preset("flux-dev-4x", steps=(1, 1, 1)))  # warm-up: every code path once
+    baseline = Baseline(steps, name=f"baseline {steps}")
+    rows = []
+    for config in (baseline, RALUConfig.preset("flux-dev-4x"), RALUConfig.preset("flux-dev-7x")):
+        out, seconds = run(config)
+        flops = speedup(config, full, steps, model_config, text_tokens)
+        rows.append((config.name, sum(out.stage_steps), _format_tokens(out.stage_tokens), sum(out.stage_seconds),
+                     seconds, flops))
+    header = (f"{'method':<14}{'calls':>6}  {'tokens per stage':<20}{'sampling s':>11}{'total s':>9}"
+              f"{'speedup':>9}{'FLOPs speedup':>15}")
+    print()
+    print(header)
+    print("-" * len(header))
+    base_seconds = rows[0][4]
+    for name, calls, tokens, sampling, total, flops in rows:
+        print(f"{name:<14}{calls:>6}  {tokens:<20}{sampling:>11.2f}{total:>9.2f}"
+              f"{base_seconds / total:>8.2f}x{flops:>14.2f}x")
+    print()
+    print("speedup: measured wall time of the whole call vs the baseline (text encoding, RALU's region-selection")
+    print("decode and the final decode included); FLOPs speedup: cost.py's transformer-only count for this model.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ralu", description="Region-Adaptive Latent Upsampling for FLUX.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    schedule = commands.add_parser("schedule", help="show a schedule's stages and analytic cost")
+    _add_schedule_options(schedule, baseline=False)
+    schedule.add_argument("--height", type=int, default=1024)
+    schedule.add_argument("--width", type=int, default=1024)
+    schedule.add_argument("--text-tokens", type=int, default=512, help="T5 tokens per call (default 512)")
+    schedule.add_argument("--baseline-steps", type=int, default=50, help="baseline model calls (default 50)")
+    schedule.set_defaults(handler=cmd_schedule)
+
+    generate = commands.add_parser("generate", help="generate images with a FLUX model")
+    generate.add_argument("model", help="hub id or local folder of a FLUX pipeline")
+    generate.add_argument("--prompt", required=True)
+    _add_schedule_options(generate, baseline=True)
+    generate.add_argument("--height", type=int, help="px (default: the model's, 1024 for FLUX.1)")
+    generate.add_argument("--width", type=int, help="px (default: the model's, 1024 for FLUX.1)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--guidance", type=float, default=3.5, help="embedded guidance scale (default 3.5)")
+    generate.add_argument("--num-images", type=int, default=1)
+    generate.add_argument("--dtype", choices=DTYPES, default="auto",
+                          help="default: float32 on cpu, bfloat16 elsewhere")
+    generate.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda, else mps, else cpu")
+    generate.add_argument("--output", type=Path, required=True, help="image path; more images get _1, _2 ...")
+    generate.set_defaults(handler=cmd_generate)
+
+    demo = commands.add_parser("demo", help="offline timing demo on a random-weight FLUX-shaped model")
+    demo.add_argument("--size", type=int, default=384, help="image side in px, a multiple of 32 (default 384)")
+    demo.add_argument("--steps", type=int, default=50, help="baseline model calls (default 50)")
+    demo.add_argument("--quick", action="store_true", help="tiny size and steps, for a smoke test")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``ralu`` command; returns the exit code (2 for invalid input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # argparse has printed its usage error (or --help)
+        return stop.code if isinstance(stop.code, int) else 2
+    try:
+        return args.handler(args)
+    except (UsageError, ValueError) as error:
+        print(f"ralu {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a model folder or hub id that cannot be read, an unwritable output
+        print(f"ralu {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

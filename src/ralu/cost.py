@@ -1,0 +1,158 @@
+"""Analytic FLOPs of FLUX transformer calls and of whole sampling schedules (DESIGN.md §8).
+
+Counts follow the block structure of diffusers' ``FluxTransformer2DModel``. A multiply-add is
+2 FLOPs. Counted: every linear layer (weights only; the bias add is elementwise) and the two
+attention matmuls ``QKᵀ`` and ``AV`` (``2·2·S²·d`` per block over ``S = n + m`` tokens).
+Not counted: elementwise work (activations, norms, modulation scale/shift/gate, residuals,
+RoPE, softmax, the sinusoidal timestep features). It scales as S·d or S²·heads against the
+counted S·d² and S²·d: well under 1% at FLUX.1-dev's width (the softmax, ~5 FLOPs per score and
+head, is the largest part). FlopCounterMode leaves it out too. Pure Python: no torch, no diffusers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from .config import Baseline, RALUConfig
+
+# FLUX.1-dev's transformer/config.json (black-forest-labs/FLUX.1-dev), read-only.
+FLUX_DEV_CONFIG: Mapping[str, Any] = MappingProxyType(dict(
+    patch_size=1, in_channels=64, out_channels=None, num_layers=19, num_single_layers=38, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56)))
+
+REQUIRED_KEYS = ("num_layers", "num_single_layers", "num_attention_heads", "attention_head_dim", "in_channels",
+                 "joint_attention_dim", "pooled_projection_dim")
+TIMESTEP_FEATURES = 256  # width of the sinusoidal timestep/guidance features (diffusers' Timesteps(256))
+MLP_RATIO = 4  # FeedForward(mult=4) in double blocks, mlp_ratio=4.0 in single blocks
+PIXELS_PER_TOKEN = 16  # FLUX: VAE downsamples by 8, a token packs a 2x2 latent patch
+
+
+def _count(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def flux_call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: int = 512) -> float:
+    """FLOPs of one FluxTransformer2DModel forward for one sample (batch 1).
+
+    config: the transformer's config (diffusers' config.json keys, e.g. ``transformer.config``
+        or :data:`FLUX_DEV_CONFIG`); ``patch_size``, ``out_channels`` and ``guidance_embeds``
+        default as in diffusers.
+    image_tokens: n packed image tokens in the call; text_tokens: m T5 tokens.
+    A batch of B samples (or true CFG's second pass) costs B times this.
+    """
+    missing = [key for key in REQUIRED_KEYS if key not in config]
+    if missing:
+        raise ValueError(f"config lacks the transformer keys {missing}; needs {list(REQUIRED_KEYS)}")
+    n, m = _count("image_tokens", image_tokens), _count("text_tokens", text_tokens)
+    double = _count("num_layers", config["num_layers"])
+    single = _count("num_single_layers", config["num_single_layers"])
+    d = _count("num_attention_heads", config["num_attention_heads"]) * _count(
+        "attention_head_dim", config["attention_head_dim"])
+    in_channels = _count("in_channels", config["in_channels"])
+    out_channels = config.get("out_channels") or in_channels
+    patch = config.get("patch_size", 1)
+    s = n + m
+    hidden = MLP_RATIO * d
+
+    def linear(tokens: int, fan_in: int, fan_out: int) -> int:
+        return 2 * tokens * fan_in * fan_out
+
+    attention = 2 * 2 * s * s * d  # QKᵀ and AV over the joint sequence, all heads together
+    # Embeddings: per token for x and the text; per sample for time (+ guidance) and pooled text.
+    embed = linear(n, in_channels, d) + linear(m, _count("joint_attention_dim", config["joint_attention_dim"]), d)
+    time_mlp = linear(1, TIMESTEP_FEATURES, d) + linear(1, d, d)
+    embed += time_mlp * (2 if config.get("guidance_embeds", False) else 1)
+    embed += linear(1, _count("pooled_projection_dim", config["pooled_projection_dim"]), d) + linear(1, d, d)
+    # Double-stream block: AdaLayerNormZero (6d) for each stream, q/k/v and output per stream,
+    # joint attention, and a GELU MLP (d → 4d → d) per stream.
+    double_block = (2 * linear(1, d, 6 * d) + 3 * linear(s, d, d) + attention + linear(s, d, d)
+                    + linear(s, d, hidden) + linear(s, hidden, d))
+    # Single-stream block: AdaLayerNormZeroSingle (3d), q/k/v over the concatenated sequence, the
+    # MLP branch d → 4d, and proj_out over the concatenated [attention, MLP] features (5d → d).
+    single_block = (linear(1, d, 3 * d) + 3 * linear(s, d, d) + attention + linear(s, d, hidden)
+                    + linear(s, d + hidden, d))
+    head = linear(1, d, 2 * d) + linear(n, d, patch * patch * out_channels)  # norm_out modulation, proj_out
+    return float(embed + double * double_block + single * single_block + head)
+
+
+def image_tokens(height: int, width: int, multiple: int = PIXELS_PER_TOKEN) -> int:
+    """Packed FLUX image tokens of a ``height`` x ``width`` px image (16x16 px each).
+
+    multiple: the size both sides must be a multiple of (32 for RALU, which halves the token grid).
+    """
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % multiple:
+            raise ValueError(f"{name} must be a positive multiple of {multiple} px, got {value!r}")
+    return (height // PIXELS_PER_TOKEN) * (width // PIXELS_PER_TOKEN)
+
+
+@dataclass(frozen=True)
+class ScheduleCost:
+    """Transformer cost of a schedule, per stage.
+
+    steps: model calls; tokens: image tokens per call; call_flops: FLOPs of one call;
+    flops: FLOPs of the stage (steps x call_flops). One sample, text tokens included.
+    """
+
+    steps: tuple[int, ...]
+    tokens: tuple[int, ...]
+    call_flops: tuple[float, ...]
+    flops: tuple[float, ...]
+
+    @property
+    def total(self) -> float:
+        return sum(self.flops)
+
+    @property
+    def shares(self) -> tuple[float, ...]:
+        """Fraction of the total spent in each stage."""
+        return tuple(f / self.total for f in self.flops)
+
+
+def schedule_cost(
+    schedule: RALUConfig | Baseline,
+    full_tokens: int,
+    model_config: Mapping[str, Any] = FLUX_DEV_CONFIG,
+    text_tokens: int = 512,
+) -> ScheduleCost:
+    """Per-stage transformer FLOPs of a RALU schedule or a baseline.
+
+    full_tokens: image tokens at full resolution (4096 for FLUX at 1024²); a multiple of 4 for RALU.
+    """
+    if isinstance(schedule, RALUConfig):
+        steps = schedule.steps
+        if _count("full_tokens", full_tokens) % 4 or full_tokens == 0:
+            raise ValueError(f"full_tokens must be a positive multiple of 4 for RALU (a 2x2 token grid per "
+                             f"low-res token), got {full_tokens!r}")
+    elif isinstance(schedule, Baseline):
+        steps = (schedule.steps,)
+        if _count("full_tokens", full_tokens) == 0:
+            raise ValueError("full_tokens must be >= 1, got 0")
+    else:
+        raise TypeError(f"schedule must be a RALUConfig or a Baseline, got {type(schedule).__name__}")
+    tokens = tuple(schedule.tokens_per_stage(full_tokens))
+    call_flops = tuple(flux_call_flops(model_config, n, text_tokens) for n in tokens)
+    flops = tuple(k * f for k, f in zip(steps, call_flops))
+    return ScheduleCost(tuple(steps), tokens, call_flops, flops)
+
+
+def speedup(
+    schedule: RALUConfig | Baseline,
+    full_tokens: int,
+    baseline_steps: int = 50,
+    model_config: Mapping[str, Any] = FLUX_DEV_CONFIG,
+    text_tokens: int = 512,
+) -> float:
+    """Transformer-FLOPs ratio: ``Baseline(baseline_steps)`` at full resolution over ``schedule``.
+
+    Transformer calls only. The text encoders, the final VAE decode and RALU's low-res decode
+    for region selection are extra, fixed costs that an end-to-end figure must add (DESIGN.md §8).
+    """
+    baseline = schedule_cost(Baseline(baseline_steps), full_tokens, model_config, text_tokens)
+    return baseline.total / schedule_cost(schedule, full_tokens, model_config, text_tokens).total

@@ -1,0 +1,88 @@
+"""Tests of the ``ralu`` command: schedule, generate, demo."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from ralu.cli import main
+from ralu.tiny import save_tiny_flux
+
+
+def test_schedule_prints_stage_table(capsys):
+    assert main(["schedule", "--preset", "flux-dev-4x"]) == 0
+    out = capsys.readouterr().out
+    # 1024² FLUX: 32x32 low-res tokens, + 3 x 307 upsampled early, 64x64 at full resolution
+    for tokens in ("1024", "1945", "4096"):
+        assert tokens in out
+    assert "5.019" in out and "6.317" in out  # the preset's shifts and noise ratio
+    assert "4.41x" in out  # cost.speedup at 1024², 50 baseline steps
+
+
+def test_schedule_custom_with_base_shift(capsys):
+    # NT-DM at base shift 3.0 reproduces the preset's shifts to the printed digit
+    assert main(["schedule", "--steps", "5", "6", "7", "--ends", "0.3", "0.45", "1.0", "--up-ratio", "0.3",
+                 "--base-shift", "3.0", "--height", "512", "--width", "768"]) == 0
+    out = capsys.readouterr().out
+    assert "shifts=(5.019, 2.589, 2.226)" in out and "1536" in out  # 32 x 48 full-resolution tokens
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["--steps", "5", "6", "7", "--ends", "0.45", "0.3", "1.0", "--up-ratio", "0.3"], "ends"),
+    (["--steps", "5", "6", "7"], "--ends"),
+    (["--preset", "flux-dev-4x", "--up-ratio", "0.2"], "choose one schedule"),
+    (["--height", "1000"], "height"),
+])
+def test_schedule_invalid_input(capsys, argv, named):
+    assert main(["schedule", *argv]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_preset_is_a_usage_error(capsys):
+    assert main(["schedule", "--preset", "flux-dev-9x"]) == 2
+    assert "flux-dev-9x" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return save_tiny_flux(tmp_path_factory.mktemp("tiny-flux-cli"))
+
+
+def test_generate_writes_images(tiny_model, tmp_path, capsys):
+    output = tmp_path / "out.png"
+    argv = ["generate", str(tiny_model), "--prompt", "a red circle", "--height", "64", "--width", "96",
+            "--num-images", "2", "--device", "cpu", "--output", str(output)]
+    assert main(argv) == 0
+    for path in (output, tmp_path / "out_1.png"):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size == (96, 64)
+    out = capsys.readouterr().out
+    assert "stage 3" in out and "regions upsampled early" in out
+
+
+def test_generate_baseline(tiny_model, tmp_path, capsys):
+    output = tmp_path / "base.png"
+    argv = ["generate", str(tiny_model), "--prompt", "a blue square", "--baseline", "3", "--height", "64",
+            "--width", "64", "--output", str(output)]
+    assert main(argv) == 0
+    with Image.open(output) as image:
+        assert image.size == (64, 64)
+    assert "16 image tokens" in capsys.readouterr().out
+
+
+def test_generate_invalid_size(tiny_model, tmp_path, capsys):
+    argv = ["generate", str(tiny_model), "--prompt", "a star", "--height", "48", "--width", "64",
+            "--output", str(tmp_path / "x.png")]
+    assert main(argv) == 2
+    assert "height" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_demo_quick(capsys):
+    assert main(["demo", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "RANDOM" in out and "speedup" in out and "FLOPs speedup" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("baseline", "flux-dev-"))]
+    assert [row[0] for row in rows] == ["baseline", "flux-dev-4x", "flux-dev-7x"]
+    assert rows[0][-1] == "1.00x" and rows[0][-2] == "1.00x"
