@@ -11,6 +11,7 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from ralu import Baseline, RALUConfig, RALUFluxPipeline
 from ralu.adapters.flux import BatchedRopeFluxAttnProcessor, FluxAdapter
 from ralu.layout import grid_positions
+from ralu.sampler import Step
 
 SIZE = 256  # 16x16 full-res tokens, 8x8 low-res
 
@@ -43,6 +44,10 @@ def test_baseline_path_reproduces_stock_flux_pipeline(flux_pipe, ralu_pipe, prom
     assert np.abs(decoded - stock_decoded).max() < 1e-4
 
 
+def at(sigma: float, index: int = 1) -> Step:
+    return Step(stage=0, index=index, steps=10, sigma=torch.tensor(sigma), step_global=index)
+
+
 def _adapter(pipe, embeds, pooled, batch):
     text_ids = torch.zeros(embeds.shape[1], 3)
     guidance = torch.full([batch], 3.5)
@@ -54,7 +59,7 @@ def test_adapter_velocity_equals_stock_transformer_on_the_full_grid(ralu_pipe, p
     adapter = _adapter(ralu_pipe, embeds, pooled, 2)
     x = torch.randn(2, 256, 64)
     positions = grid_positions((16, 16)).expand(2, -1, -1)
-    ours = adapter.velocity(x, adapter.prepare_positions(positions, (16, 16)), torch.tensor(0.7))
+    ours = adapter.velocity(x, adapter.prepare_positions(positions, (16, 16)), at(0.7))
     ids = ralu_pipe._prepare_latent_image_ids(2, 16, 16, "cpu", torch.float32)
     stock = ralu_pipe.transformer(hidden_states=x, timestep=torch.full([2], 0.7), guidance=torch.full([2], 3.5),
                                   pooled_projections=pooled, encoder_hidden_states=embeds,
@@ -75,10 +80,10 @@ def test_per_sample_rope_equals_single_sample_runs(ralu_pipe, prompt_embeds):
     positions = _per_sample_positions()
     prepared = adapter.prepare_positions(positions, (8, 8))
     assert prepared.rope is not None and prepared.per_sample_ids is None  # one batched call
-    batched = adapter.velocity(x, prepared, torch.tensor(0.5))
+    batched = adapter.velocity(x, prepared, at(0.5))
     for b in range(2):
         single = _adapter(ralu_pipe, embeds[b:b + 1], pooled[b:b + 1], 1)
-        alone = single.velocity(x[b:b + 1], single.prepare_positions(positions[b:b + 1], (8, 8)), torch.tensor(0.5))
+        alone = single.velocity(x[b:b + 1], single.prepare_positions(positions[b:b + 1], (8, 8)), at(0.5))
         # different attention kernels' summation order: float32 rounding
         assert torch.allclose(batched[b:b + 1], alone, atol=1e-5, rtol=0)
     processors = {type(p) for p in ralu_pipe.transformer.attn_processors.values()}
@@ -97,9 +102,9 @@ def test_custom_processors_fall_back_to_per_sample_calls(tiny_flux_path, prompt_
     prepared = adapter.prepare_positions(positions, (8, 8))
     assert prepared.per_sample_ids is not None and prepared.rope is None
     x = torch.randn(2, 64, 64)
-    looped = adapter.velocity(x, prepared, torch.tensor(0.5))
+    looped = adapter.velocity(x, prepared, at(0.5))
     pipe.transformer.set_attn_processor(FluxAttnProcessor())
-    batched = adapter.velocity(x, adapter.prepare_positions(positions, (8, 8)), torch.tensor(0.5))
+    batched = adapter.velocity(x, adapter.prepare_positions(positions, (8, 8)), at(0.5))
     assert torch.allclose(looped, batched, atol=1e-5, rtol=0)
 
 

@@ -46,8 +46,9 @@ class DiracAdapter:
         children = pick(self.full, full_index(2 * positions[:, self.kept :]))
         return torch.cat([kept, children], dim=1), None
 
-    def velocity(self, x, prepared, sigma):
+    def velocity(self, x, prepared, step):
         target, _ = prepared
+        sigma = step.sigma
         if len(self.starts) < self._stage:
             self.starts.append((x - (1 - sigma) * target) / sigma)
         return (x - target) / sigma

@@ -31,11 +31,27 @@ class ModelAdapter(Protocol):
         (the low-res grid in stages 1-2, the full grid in stage 3).
         """
 
-    def velocity(self, x: torch.Tensor, positions: Any, sigma: torch.Tensor) -> torch.Tensor:
-        """Velocity ``v = ε - x0`` for tokens x (B, S, D) at noise level sigma (0-d float32)."""
+    def velocity(self, x: torch.Tensor, positions: Any, step: Step) -> torch.Tensor:
+        """Velocity ``v = ε - x0`` for tokens x (B, S, D) at noise level ``step.sigma``.
+
+        ``step`` also says where the loop is (stage, step within the stage), for cache hooks that
+        keep per-step state; ``step.index == 0`` marks a new stage, i.e. a new token count.
+        """
 
     def decode(self, x0: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Low-res clean tokens (B, h·w, D) on ``grid`` → images (B, 3, H, W) in [-1, 1]."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where the sampling loop is: stage k (0-based), step ``index`` of the stage's ``steps``,
+    noise level ``sigma`` (0-d float32 tensor) and ``step_global`` over all stages."""
+
+    stage: int
+    index: int
+    steps: int
+    sigma: torch.Tensor
+    step_global: int
 
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
@@ -72,6 +88,7 @@ def _run_stage(
     x: torch.Tensor,
     positions: Any,
     stage: Stage,
+    stage_index: int,
     first_step: int,
     callback: StepCallback | None,
     interrupt: Callable[[], bool] | None,
@@ -84,7 +101,7 @@ def _run_stage(
         for i in range(stage.steps):
             if interrupt is not None and interrupt():
                 continue
-            v = adapter.velocity(x, positions, sigmas[i])
+            v = adapter.velocity(x, positions, Step(stage_index, i, stage.steps, sigmas[i], first_step + i))
             # float32 update, as FlowMatchEulerDiscreteScheduler.step
             x = (x.float() + (sigmas[i + 1] - sigmas[i]) * v.float()).to(x.dtype)
             if callback is not None:
@@ -151,7 +168,7 @@ def sample(
         start = time.perf_counter()
         prepared = adapter.prepare_positions(positions, unit_grid)
         label = f"Stage {k + 1}/{len(stages)} ({stage.resolution}, {x.shape[1]} tokens)"
-        x, v = _run_stage(adapter, x, prepared, stage, sum(s.steps for s in stages[:k]), callback, interrupt,
+        x, v = _run_stage(adapter, x, prepared, stage, k, sum(s.steps for s in stages[:k]), callback, interrupt,
                           open_bar(stage.steps, label))
         _sync(x)
         seconds.append(time.perf_counter() - start)

@@ -17,6 +17,9 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _g
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
 from diffusers.utils.torch_utils import get_module_execution_device
 
+from ..caching import reset_cache_state
+from ..sampler import Step
+
 logger = logging.getLogger(__name__)
 
 
@@ -145,14 +148,18 @@ class FluxAdapter:
                                    pooled[b : b + 1], text_ids, None))
         return torch.cat(outs)
 
-    def velocity(self, x: torch.Tensor, positions: FluxPositions, sigma: torch.Tensor) -> torch.Tensor:
-        """x (B, S, 64·p²/4) packed tokens at noise level sigma → velocity, same shape and dtype."""
+    def velocity(self, x: torch.Tensor, positions: FluxPositions, step: Step) -> torch.Tensor:
+        """x (B, S, 4C) packed tokens at noise level ``step.sigma`` → velocity, same shape and dtype."""
         # the stock pipeline's rounding: timesteps are σ·1000 in float32, cast, then divided by 1000
-        timestep = (sigma * 1000).expand(x.shape[0]).to(x.dtype) / 1000
-        with self.transformer.cache_context("cond"):
+        timestep = (step.sigma * 1000).expand(x.shape[0]).to(x.dtype) / 1000
+        if step.index == 0:
+            reset_cache_state(self.transformer)
+        where = dict(step_index=step.index, num_inference_steps=step.steps, timestep=step.sigma * 1000,
+                     sigma=float(step.sigma))
+        with self.transformer.cache_context("cond", **where):
             v = self._branch(x, positions, timestep, self.cond)
         if self.negative is not None and self.true_cfg_scale > 1:
-            with self.transformer.cache_context("uncond"):
+            with self.transformer.cache_context("uncond", **where):
                 v_neg = self._branch(x, positions, timestep, self.negative)
             v = v_neg + self.true_cfg_scale * (v - v_neg)
         return v
