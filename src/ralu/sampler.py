@@ -93,6 +93,7 @@ def _run_stage(
     callback: StepCallback | None,
     interrupt: Callable[[], bool] | None,
     progress: ContextManager,
+    step_start: Callable[[Step], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Euler steps over one stage's σ grid; returns the final x and the last velocity."""
     sigmas = torch.tensor(stage.sigmas, dtype=torch.float32, device=x.device)
@@ -101,7 +102,10 @@ def _run_stage(
         for i in range(stage.steps):
             if interrupt is not None and interrupt():
                 continue
-            v = adapter.velocity(x, positions, Step(stage_index, i, stage.steps, sigmas[i], first_step + i))
+            step = Step(stage_index, i, stage.steps, sigmas[i], first_step + i)
+            if step_start is not None:
+                step_start(step)
+            v = adapter.velocity(x, positions, step)
             # float32 update, as FlowMatchEulerDiscreteScheduler.step
             x = (x.float() + (sigmas[i + 1] - sigmas[i]) * v.float()).to(x.dtype)
             if callback is not None:
@@ -147,6 +151,7 @@ def sample(
     callback: StepCallback | None = None,
     interrupt: Callable[[], bool] | None = None,
     progress: ProgressFactory | None = None,
+    step_start: Callable[[Step], None] | None = None,
 ) -> SampleResult:
     """Denoise ``noise`` with a RALU config or a single-resolution baseline.
 
@@ -158,6 +163,8 @@ def sample(
     interrupt: polled before each step; True skips the remaining steps.
     progress: ``progress(total, description)`` gives a context manager with ``update()``
         for each stage (a tqdm bar); None shows nothing.
+    step_start: called with the :class:`Step` before each model call (pipelines publish the
+        current timestep there, for cache hooks that poll it).
     """
     stages = config.stages
     open_bar = progress or (lambda total, desc: nullcontext())
@@ -169,7 +176,7 @@ def sample(
         prepared = adapter.prepare_positions(positions, unit_grid)
         label = f"Stage {k + 1}/{len(stages)} ({stage.resolution}, {x.shape[1]} tokens)"
         x, v = _run_stage(adapter, x, prepared, stage, k, sum(s.steps for s in stages[:k]), callback, interrupt,
-                          open_bar(stage.steps, label))
+                          open_bar(stage.steps, label), step_start)
         _sync(x)
         seconds.append(time.perf_counter() - start)
         tokens.append(x.shape[1])

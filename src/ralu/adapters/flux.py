@@ -17,7 +17,7 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _g
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
 from diffusers.utils.torch_utils import get_module_execution_device
 
-from ..caching import reset_cache_state
+from ..caching import cache_context, reset_cache_state
 from ..sampler import Step
 
 logger = logging.getLogger(__name__)
@@ -156,10 +156,10 @@ class FluxAdapter:
             reset_cache_state(self.transformer)
         where = dict(step_index=step.index, num_inference_steps=step.steps, timestep=step.sigma * 1000,
                      sigma=float(step.sigma))
-        with self.transformer.cache_context("cond", **where):
+        with cache_context(self.transformer, "cond", **where):
             v = self._branch(x, positions, timestep, self.cond)
         if self.negative is not None and self.true_cfg_scale > 1:
-            with self.transformer.cache_context("uncond", **where):
+            with cache_context(self.transformer, "uncond", **where):
                 v_neg = self._branch(x, positions, timestep, self.negative)
             v = v_neg + self.true_cfg_scale * (v - v_neg)
         return v

@@ -123,7 +123,8 @@ class RALUFluxPipeline(FluxPipeline):
                               vae_scale_factor=self.vae_scale_factor)
         result = sample(adapter, latents, config, grid, generator=generator,
                         callback=self._step_callback(adapter, callback_on_step_end, callback_on_step_end_tensor_inputs),
-                        interrupt=lambda: self.interrupt, progress=stage_progress(self))
+                        interrupt=lambda: self.interrupt, progress=stage_progress(self),
+                        step_start=lambda step: setattr(self, "_current_timestep", step.sigma * 1000))
         self._current_timestep = None
 
         if output_type == "latent":
@@ -137,7 +138,6 @@ class RALUFluxPipeline(FluxPipeline):
         """Adapt the sampler's per-step hook to diffusers' ``callback_on_step_end`` convention."""
 
         def on_step(step: int, sigma: torch.Tensor, x: torch.Tensor):
-            self._current_timestep = sigma * 1000
             if callback is None:
                 return None
             available = {"latents": x, "prompt_embeds": adapter.cond[0]}
