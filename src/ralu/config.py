@@ -10,6 +10,7 @@ from .schedule import Stage, renoise_coefficients, restart_progress, stage_sigma
 
 UPSAMPLE_MODES = ("token_repeat", "latent_nearest")
 TOKEN_POSITIONS = ("corner", "center")
+TABLE_POSITIONS = ("low_grid", "full_grid", "stock_then_full")
 
 
 def _is_int(value: object) -> bool:
@@ -34,6 +35,13 @@ class RALUConfig:
         "center" (at the centre of its four children), §7.4.
     exact_kept_noise: False keeps the reference's renoising of tokens that are not upsampled
         (noise level α·√(1+1/Z²)); True scales their fresh noise to give exactly α (§3).
+    table_positions: where tokens sit in an absolute position table (SD3's centre-cropped sin-cos
+        table; FLUX's RoPE ignores it). "low_grid" (the reference's FLUX convention carried over):
+        stages 1-2 use the stock half-resolution crop, children at half-cell offsets, stage 3 the
+        stock full-resolution crop. "full_grid": every stage uses the full-resolution crop, a
+        low-res token at twice its low-grid position (its top-left child, or the centre of its
+        children with token_position="center"). "stock_then_full": "low_grid" while the sequence
+        holds only low-res tokens (stage 1), "full_grid" once it mixes resolutions (stage 2).
     name: preset name, for display only.
     """
 
@@ -47,6 +55,7 @@ class RALUConfig:
     canny_clip_unit: bool = False
     token_position: str = "corner"
     exact_kept_noise: bool = False
+    table_positions: str = "low_grid"
     name: str | None = field(default=None, compare=False)
 
     PRESETS: ClassVar[dict[str, dict]] = {
@@ -55,6 +64,16 @@ class RALUConfig:
                             shifts=(5.019, 2.589, 2.226), noise_ratio=6.317),
         "flux-dev-7x": dict(steps=(2, 3, 5), ends=(0.2, 0.3, 1.0), up_ratio=0.1,
                             shifts=(8.141, 2.856, 2.193), noise_ratio=6.261),
+        # The paper's SD3-Medium schedules at 1024² (baseline 28 steps, base shift 3.0), Z = 1/√c.
+        "sd3-2x": dict(steps=(5, 6, 9), ends=(0.2, 0.3, 1.0), up_ratio=0.3,
+                       shifts=(6.121, 2.23, 1.97), noise_ratio=1 / math.sqrt(0.0586)),
+        "sd3-3x": dict(steps=(3, 3, 6), ends=(0.25, 0.3, 1.0), up_ratio=0.2,
+                       shifts=(6.40, 2.60, 2.273), noise_ratio=1 / math.sqrt(0.0255)),
+        # FLUX.1-schnell (timestep-distilled, 4 steps, shift 1.0, no guidance embedding): its four
+        # steps split 2/1/1 over the stages; H and Z from NT-DM with base shift 1.0, which lands on
+        # the bounds (H2 = 0.5, Z = 2) for so few steps. Not validated on real weights.
+        "flux-schnell-2x": dict(steps=(2, 1, 1), ends=(0.5, 0.75, 1.0), up_ratio=0.3, base_shift=1.0,
+                                shifts=(0.574, 0.5, 0.878), noise_ratio=2.0),
     }
 
     def __post_init__(self) -> None:
@@ -74,6 +93,8 @@ class RALUConfig:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
         if self.token_position not in TOKEN_POSITIONS:
             raise ValueError(f"token_position must be one of {TOKEN_POSITIONS}, got {self.token_position!r}")
+        if self.table_positions not in TABLE_POSITIONS:
+            raise ValueError(f"table_positions must be one of {TABLE_POSITIONS}, got {self.table_positions!r}")
         shifts, noise_ratio = self.shifts, self.noise_ratio
         if shifts is not None:
             shifts = tuple(shifts)
@@ -95,7 +116,7 @@ class RALUConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> RALUConfig:
-        """A named preset (``flux-dev-4x``, ``flux-dev-7x``), optionally with fields replaced."""
+        """A named preset (``flux-dev-4x``, ``flux-dev-7x``, ``sd3-2x``, ``sd3-3x``), optionally with fields replaced."""
         if name not in cls.PRESETS:
             raise ValueError(f"preset must be one of {sorted(cls.PRESETS)}, got {name!r}")
         return cls(**{**cls.PRESETS[name], "name": name, **overrides})

@@ -23,7 +23,7 @@ class RALUFluxPipeline(FluxPipeline):
     Text encoding, input checks, latent preparation and VAE decoding are FluxPipeline's own.
     """
 
-    default_preset = "flux-dev-4x"
+    default_preset = "flux-dev-4x"  # guidance-distilled FLUX.1-dev; FLUX.1-schnell gets "flux-schnell-2x"
 
     @torch.no_grad()
     def __call__(
@@ -54,7 +54,8 @@ class RALUFluxPipeline(FluxPipeline):
     ):
         """Generate images; arguments as ``FluxPipeline.__call__``, plus:
 
-        config: a :class:`RALUConfig`, a preset name (default ``"flux-dev-4x"``) or a
+        config: a :class:`RALUConfig`, a preset name (default ``"flux-dev-4x"``, or
+            ``"flux-schnell-2x"`` for a model without guidance embedding), or a
             :class:`Baseline` to run the stock single-resolution schedule through the same loop.
         num_inference_steps: only with ``config=None``, as a shortcut for ``Baseline(steps)``;
             RALU's steps per stage come from its config.
@@ -67,7 +68,8 @@ class RALUFluxPipeline(FluxPipeline):
                 raise ValueError("pass either num_inference_steps (a baseline run) or config, not both: "
                                  "RALU's steps per stage are config.steps")
             config = Baseline(num_inference_steps)
-        config = resolve_config(config, self.default_preset)
+        schnell = not self.transformer.config.guidance_embeds
+        config = resolve_config(config, "flux-schnell-2x" if schnell else self.default_preset)
         height = height or self.default_sample_size * self.vae_scale_factor
         width = width or self.default_sample_size * self.vae_scale_factor
         multiple = self.vae_scale_factor * (4 if isinstance(config, RALUConfig) else 2)
