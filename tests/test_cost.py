@@ -113,3 +113,18 @@ def test_invalid_sizes():
     with pytest.raises(ValueError, match="height"):
         image_tokens(1000, 1024, multiple=32)
     assert image_tokens(768, 1344) == 48 * 84
+
+
+def test_skipped_calls_are_free_and_split_into_spatial_and_temporal():
+    from ralu.cost import combined_speedup
+
+    config = RALUConfig.preset("flux-dev-4x")
+    plain = schedule_cost(config, 4096)
+    cached = schedule_cost(config, 4096, skipped=(0, 0, 3))
+    assert cached.total == pytest.approx(plain.total - 3 * plain.call_flops[2], rel=1e-12)
+    combined = combined_speedup(config, 4096, (0, 0, 3))
+    assert combined.spatial == pytest.approx(speedup(config, 4096), rel=1e-12)
+    assert combined.temporal == pytest.approx(plain.total / cached.total, rel=1e-12)
+    assert combined.total == pytest.approx(schedule_cost(Baseline(50), 4096).total / cached.total, rel=1e-12)
+    with pytest.raises(ValueError, match=r"skipped must give, per stage, a count between 0 and the stage's steps"):
+        schedule_cost(config, 4096, skipped=(0, 7, 0))

@@ -11,7 +11,7 @@ head, is the largest part). FlopCounterMode leaves it out too. Pure Python: no t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -97,13 +97,16 @@ class ScheduleCost:
     """Transformer cost of a schedule, per stage.
 
     steps: model calls; tokens: image tokens per call; call_flops: FLOPs of one call;
-    flops: FLOPs of the stage (steps x call_flops). One sample, text tokens included.
+    flops: FLOPs of the stage ((steps - skipped) x call_flops). One sample, text tokens included.
+    skipped: calls per stage whose block stack a cache skipped (counted as free: a skipped call
+        costs only the embedders and, for TeaCache, one normalisation).
     """
 
     steps: tuple[int, ...]
     tokens: tuple[int, ...]
     call_flops: tuple[float, ...]
     flops: tuple[float, ...]
+    skipped: tuple[int, ...] = ()
 
     @property
     def total(self) -> float:
@@ -120,10 +123,12 @@ def schedule_cost(
     full_tokens: int,
     model_config: Mapping[str, Any] = FLUX_DEV_CONFIG,
     text_tokens: int = 512,
+    skipped: Sequence[int] | None = None,
 ) -> ScheduleCost:
     """Per-stage transformer FLOPs of a RALU schedule or a baseline.
 
     full_tokens: image tokens at full resolution (4096 for FLUX at 1024²); a multiple of 4 for RALU.
+    skipped: calls per stage that a temporal cache skipped (TeaCache, FirstBlockCache, ...).
     """
     if isinstance(schedule, RALUConfig):
         steps = schedule.steps
@@ -136,10 +141,44 @@ def schedule_cost(
             raise ValueError("full_tokens must be >= 1, got 0")
     else:
         raise TypeError(f"schedule must be a RALUConfig or a Baseline, got {type(schedule).__name__}")
+    skipped = tuple(skipped) if skipped is not None else (0,) * len(steps)
+    if len(skipped) != len(steps) or any(not 0 <= s <= n for s, n in zip(skipped, steps)):
+        raise ValueError(f"skipped must give, per stage, a count between 0 and the stage's steps {tuple(steps)}, "
+                         f"got {skipped}")
     tokens = tuple(schedule.tokens_per_stage(full_tokens))
     call_flops = tuple(flux_call_flops(model_config, n, text_tokens) for n in tokens)
-    flops = tuple(k * f for k, f in zip(steps, call_flops))
-    return ScheduleCost(tuple(steps), tokens, call_flops, flops)
+    flops = tuple((k - s) * f for k, s, f in zip(steps, skipped, call_flops))
+    return ScheduleCost(tuple(steps), tokens, call_flops, flops, skipped)
+
+
+@dataclass(frozen=True)
+class CombinedSpeedup:
+    """Transformer-FLOPs speedups of spatial (RALU) and temporal (cache) savings and their product."""
+
+    spatial: float
+    temporal: float
+
+    @property
+    def total(self) -> float:
+        return self.spatial * self.temporal
+
+
+def combined_speedup(
+    schedule: RALUConfig | Baseline,
+    full_tokens: int,
+    skipped: Sequence[int],
+    baseline_steps: int = 50,
+    model_config: Mapping[str, Any] = FLUX_DEV_CONFIG,
+    text_tokens: int = 512,
+) -> CombinedSpeedup:
+    """Split the speedup over a full baseline into RALU's part and a cache's part.
+
+    spatial = baseline / schedule without skips; temporal = schedule without / with skips.
+    """
+    base = schedule_cost(Baseline(baseline_steps), full_tokens, model_config, text_tokens).total
+    plain = schedule_cost(schedule, full_tokens, model_config, text_tokens).total
+    cached = schedule_cost(schedule, full_tokens, model_config, text_tokens, skipped).total
+    return CombinedSpeedup(base / plain, plain / cached if cached else float("inf"))
 
 
 def speedup(
