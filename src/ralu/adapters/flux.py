@@ -126,9 +126,10 @@ class FluxAdapter:
         text_ids = self.cond[2].to(ids.device, torch.float32)
         if self.negative is not None and not torch.equal(self.negative[2].to(ids.device, torch.float32), text_ids):
             raise ValueError("negative prompt text_ids differ from the prompt's; per-sample positions need one layout")
-        embeds = [self.transformer.pos_embed(torch.cat([text_ids, sample_ids])) for sample_ids in ids]
-        cos = torch.stack([c for c, _ in embeds])
-        sin = torch.stack([s for _, s in embeds])
+        # one pos_embed call for the whole batch: RoPE is per position, so rows can be stacked
+        batch, tokens = ids.shape[:2]
+        stacked = torch.cat([text_ids.expand(batch, -1, -1), ids], dim=1).flatten(0, 1)
+        cos, sin = (t.unflatten(0, (batch, -1)) for t in self.transformer.pos_embed(stacked))
         return FluxPositions(ids[0], rope=(cos, sin))
 
     def _call(self, x, ids, timestep, guidance, embeds, pooled, text_ids, rope):

@@ -1,0 +1,245 @@
+"""Speed benchmark: RALU presets against the full baseline, through the same sampler loop.
+
+    python benchmarks/speed.py [--size 384] [--reps 3] [--double 1 --single 1] [--dtype bfloat16] [--out DIR]
+    ralu bench --speed [same options]
+
+One process, one FLUX-shaped transformer with the real width of FLUX.1-dev (hidden 3072 =
+24 heads x 128, text width 4096, 64 latent channels) and random weights; few blocks so that a
+CPU gets through it. Methods run alternately, ``--reps`` times; medians and spread are printed
+with the analytic FLOPs ratio of ``ralu.cost`` for this very model, and their quotient
+(efficiency = measured speedup / FLOPs speedup; 1.0 means RALU runs at the speed its FLOPs allow).
+
+RALU's own overheads are timed separately, at the benchmark's size and at 1024x1024 token
+counts: correlated-noise sampling, edge detection, token reordering and position bookkeeping,
+per-sample RoPE; the decode for region selection is reported on its own (the tiny VAE used here,
+and an AutoencoderKL with FLUX.1's real decoder architecture). The reference script's dense
+multivariate-normal noise is timed next to ours at 512, 1024 and 2048 px.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ralu import Baseline, RALUConfig, sample
+from ralu.adapters.flux import FluxAdapter
+from ralu.cost import schedule_cost
+from ralu.layout import MixedLayout, grid_positions, upsample_tokens
+from ralu.regions import edge_scores
+from ralu.sampler import _renoise
+
+FLUX_WIDTH = dict(num_attention_heads=24, attention_head_dim=128, joint_attention_dim=4096, pooled_projection_dim=768,
+                  in_channels=64, axes_dims_rope=(16, 56, 56), guidance_embeds=True, patch_size=1)
+FLUX_VAE_DECODER = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        layers_per_block=2, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                        use_post_quant_conv=False)
+
+
+def _timed(fn, reps: int = 3) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def build(args):
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+    from ralu.tiny import TINY_VAE
+
+    torch.manual_seed(0)
+    config = dict(FLUX_WIDTH, num_layers=args.double, num_single_layers=args.single)
+    transformer = FluxTransformer2DModel(**config).to(args.dtype).eval()
+    vae = AutoencoderKL(**TINY_VAE).eval()
+    return config, transformer, vae
+
+
+def run_methods(args, transformer, vae, model_config) -> dict:
+    tokens_side = args.size // 16
+    grid, text = (tokens_side, tokens_side), args.text_tokens
+    gen = torch.Generator().manual_seed(0)
+    embeds = torch.randn(1, text, 4096, generator=gen).to(args.dtype)
+    pooled = torch.randn(1, 768, generator=gen).to(args.dtype)
+    adapter = FluxAdapter(transformer, vae, embeds, pooled, torch.zeros(text, 3), guidance=torch.full([1], 3.5))
+    noise = torch.randn(1, tokens_side**2, 64, generator=gen).to(args.dtype)
+    methods = {"baseline": Baseline(args.baseline_steps, shift=3.0)}
+    methods.update({name: RALUConfig.preset(name) for name in args.presets})
+    full = schedule_cost(methods["baseline"], tokens_side**2, model_config, text).total
+    flops = {name: full / schedule_cost(cfg, tokens_side**2, model_config, text).total for name, cfg in methods.items()}
+
+    def once(cfg):
+        start = time.perf_counter()
+        result = sample(adapter, noise, cfg, grid, generator=torch.Generator().manual_seed(1))
+        return time.perf_counter() - start, result
+
+    with torch.no_grad():
+        once(RALUConfig.preset("flux-dev-7x", steps=(1, 1, 1)))  # warm-up: every token count once
+        times = {name: [] for name in methods}
+        stages = {}
+        for rep in range(args.reps):
+            order = list(methods) if rep % 2 == 0 else list(reversed(methods))
+            for name in order:
+                seconds, result = once(methods[name])
+                times[name].append(seconds)
+                stages[name] = [round(s, 4) for s in result.stage_seconds]
+    base = statistics.median(times["baseline"])
+    rows = {}
+    for name in methods:
+        med = statistics.median(times[name])
+        measured = base / med
+        rows[name] = dict(median_s=med, min_s=min(times[name]), max_s=max(times[name]), measured_speedup=measured,
+                          flops_speedup=flops[name], efficiency=measured / flops[name], stage_seconds=stages[name],
+                          calls=sum(s.steps for s in methods[name].stages))
+    return rows
+
+
+def overheads(args, transformer, vae) -> dict:
+    """RALU's own work per generation, at 1024x1024 token counts (64x64 full grid) unless noted."""
+    out = {}
+    config = RALUConfig.preset("flux-dev-4x")
+    grid_low = (32, 32)
+    low = torch.randn(1, 1024, 64)
+    selected = torch.randperm(1024)[: config.selected_tokens(1024)][None]
+    layout = MixedLayout.from_selection(selected, grid_low)
+    stages = config.stages
+    gen = torch.Generator().manual_seed(0)
+
+    def noise_both():
+        kept, parents = layout.split_low(low)
+        kept, children = _renoise(kept, parents, stages[1], config, gen)
+        mixed = torch.cat([kept, children], 1)
+        kept_low, full = layout.split_mixed(mixed)
+        _renoise(full, kept_low, stages[2], config, gen)
+
+    out["correlated noise, both transitions"] = _timed(noise_both)
+
+    def bookkeeping():
+        lay = MixedLayout.from_selection(selected, grid_low)
+        lay.mixed_positions("corner")
+        kept, parents = lay.split_low(low)
+        mixed = torch.cat([kept, upsample_tokens(parents, "token_repeat")], 1)
+        kept_low, full = lay.split_mixed(mixed)
+        lay.to_raster(upsample_tokens(kept_low, "token_repeat"), full)
+
+    out["token reordering + positions"] = _timed(bookkeeping)
+    image = torch.rand(1, 3, 512, 512) * 2 - 1
+    out["Canny edge scores (512x512 decode)"] = _timed(lambda: edge_scores(image, grid_low))
+    embeds = torch.randn(2, args.text_tokens, 4096).to(args.dtype)
+    adapter = FluxAdapter(transformer, vae, embeds, torch.randn(2, 768).to(args.dtype), torch.zeros(args.text_tokens, 3),
+                          guidance=torch.full([2], 3.5))
+    positions = torch.stack([layout.mixed_positions("corner")[0],
+                             MixedLayout.from_selection(torch.randperm(1024)[:307][None], grid_low).mixed_positions("corner")[0]])
+    out["per-sample RoPE tables, batch of 2 (once per stage)"] = _timed(lambda: adapter.prepare_positions(positions, grid_low))
+    x0 = torch.randn(1, 1024, 64)
+    tiny = FluxAdapter(transformer, vae, embeds[:1], None, torch.zeros(args.text_tokens, 3))
+    with torch.no_grad():
+        out["decode for region selection, tiny VAE (512x512)"] = _timed(lambda: tiny.decode(x0, grid_low), reps=1)
+        if args.real_vae:
+            from diffusers import AutoencoderKL
+
+            real = FluxAdapter(transformer, AutoencoderKL(**FLUX_VAE_DECODER).eval(), embeds[:1], None,
+                               torch.zeros(args.text_tokens, 3))
+            out["decode for region selection, FLUX-architecture VAE (512x512)"] = _timed(
+                lambda: real.decode(x0, grid_low), reps=1)
+    return out
+
+
+def dense_noise_seconds(tokens: int, dim: int = 64, draws: int = 64) -> float:
+    """The reference's approach: block-diagonal covariance over tokens, one MultivariateNormal per channel."""
+    blocks = [torch.eye(4) - torch.ones(4, 4) / 6.317**2 + 1e-6] * (tokens // 4)
+    start = time.perf_counter()
+    cov = torch.block_diag(*blocks)
+    for _ in range(draws):
+        torch.distributions.MultivariateNormal(torch.zeros(tokens), covariance_matrix=cov).sample((1,))
+    return time.perf_counter() - start
+
+
+def noise_comparison(max_dense_px: int) -> list[dict]:
+    rows = []
+    config = RALUConfig.preset("flux-dev-4x")
+    for px in (512, 1024, 2048):
+        tokens = (px // 16) ** 2
+        low = torch.randn(1, tokens // 4, 64)
+        selected = torch.arange(config.selected_tokens(tokens // 4))[None]
+        side = px // 32
+        layout = MixedLayout.from_selection(selected, (side, side))
+        gen = torch.Generator().manual_seed(0)
+
+        def ours():
+            kept, parents = layout.split_low(low)
+            _renoise(kept, parents, config.stages[1], config, gen)
+            kept_low, full = layout.split_mixed(torch.randn(1, tokens // 4 - selected.shape[1] + 4 * selected.shape[1], 64))
+            _renoise(full, kept_low, config.stages[2], config, gen)
+
+        row = dict(px=px, ours_s=_timed(ours))
+        if px <= max_dense_px:
+            # both transitions, as the reference draws them: stage-2 and stage-3 sequences
+            row["dense_mvn_s"] = dense_noise_seconds(config.tokens_per_stage(tokens)[1]) + dense_noise_seconds(tokens)
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=384, help="image side in px, multiple of 32 (1024 on a GPU)")
+    parser.add_argument("--text-tokens", type=int, default=None, help="default: image tokens / 8, FLUX.1-dev's ratio")
+    parser.add_argument("--double", type=int, default=1, help="double-stream blocks (FLUX.1-dev: 19)")
+    parser.add_argument("--single", type=int, default=1, help="single-stream blocks (FLUX.1-dev: 38)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--baseline-steps", type=int, default=50)
+    parser.add_argument("--presets", nargs="+", default=["flux-dev-4x", "flux-dev-7x"])
+    parser.add_argument("--dense-noise-max-px", type=int, default=1024,
+                        help="largest size at which the reference's dense noise is timed (2048 takes very long)")
+    parser.add_argument("--real-vae", action="store_true", help="also time a FLUX-architecture VAE decode (slow on CPU)")
+    parser.add_argument("--out", type=Path, default=None, help="write speed.json and speed.md here")
+    args = parser.parse_args(argv)
+    if args.size % 32:
+        parser.error(f"--size must be a multiple of 32, got {args.size}")
+    args.text_tokens = args.text_tokens or max(1, (args.size // 16) ** 2 // 8)
+    args.dtype = getattr(torch, args.dtype)
+    model_config, transformer, vae = build(args)
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    print(f"FLUX-width transformer: {args.double} double + {args.single} single blocks, hidden 3072, "
+          f"{args.size}x{args.size} px = {(args.size // 16) ** 2} image + {args.text_tokens} text tokens, "
+          f"{str(args.dtype).replace('torch.', '')}; {machine}")
+    rows = run_methods(args, transformer, vae, model_config)
+    print(f"\n{'method':<14}{'calls':>6}{'median s':>10}{'spread s':>16}{'measured':>10}{'FLOPs':>8}{'efficiency':>12}")
+    for name, r in rows.items():
+        spread = f"{r['min_s']:.2f}-{r['max_s']:.2f}"
+        print(f"{name:<14}{r['calls']:>6}{r['median_s']:>10.2f}{spread:>16}{r['measured_speedup']:>9.2f}x"
+              f"{r['flops_speedup']:>7.2f}x{r['efficiency']:>12.3f}")
+    costs = overheads(args, transformer, vae)
+    total_4x = rows.get("flux-dev-4x", {}).get("median_s")
+    print("\nRALU overheads per generation (1024x1024 token counts: 4096 full, 1024 low):")
+    for name, seconds in costs.items():
+        print(f"  {name:<58}{seconds * 1000:>10.2f} ms")
+    noise = noise_comparison(args.dense_noise_max_px)
+    print("\ncorrelated noise for both transitions: ours vs the reference's dense multivariate normal")
+    for row in noise:
+        dense = f"{row['dense_mvn_s']:.2f} s" if "dense_mvn_s" in row else "not run"
+        print(f"  {row['px']:>5} px: ours {row['ours_s'] * 1000:8.2f} ms   dense {dense}")
+    record = dict(command="python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  machine=machine, size=args.size, text_tokens=args.text_tokens, blocks=(args.double, args.single),
+                  dtype=str(args.dtype), methods=rows, overheads_s=costs, noise=noise,
+                  ralu_4x_median_s=total_4x)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "speed.json").write_text(json.dumps(record, indent=2))
+        print(f"\nwrote {args.out / 'speed.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
