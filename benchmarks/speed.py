@@ -43,6 +43,45 @@ FLUX_VAE_DECODER = dict(in_channels=3, out_channels=3, latent_channels=16, block
                         use_post_quant_conv=False)
 
 
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_memory(args, method: str) -> float:
+    """Peak memory (MiB) of one generation with ``method`` in a fresh process: CUDA's
+    max_memory_allocated on a GPU, else the process's peak resident set size."""
+    import subprocess
+
+    command = [sys.executable, __file__, "--memory-child", method, "--size", str(args.size), "--double",
+               str(args.double), "--single", str(args.single), "--dtype", str(args.dtype).replace("torch.", ""),
+               "--device", args.device, "--baseline-steps", str(args.baseline_steps), "--presets", *args.presets]
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _memory_child(args) -> None:
+    import resource
+
+    model_config, transformer, vae = build(args)
+    gen = torch.Generator().manual_seed(0)
+    side = args.size // 16
+    dev = dict(device=args.device, dtype=args.dtype)
+    adapter = FluxAdapter(transformer, vae, torch.randn(1, args.text_tokens, 4096, generator=gen).to(**dev),
+                          torch.randn(1, 768, generator=gen).to(**dev), torch.zeros(args.text_tokens, 3, device=args.device),
+                          guidance=torch.full([1], 3.5, device=args.device))
+    noise = torch.randn(1, side * side, 64, generator=gen).to(**dev)
+    config = benchmark_methods(args)[args.memory_child]
+    if str(args.device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        sample(adapter, noise, config, (side, side), generator=torch.Generator().manual_seed(1))
+    if str(args.device).startswith("cuda"):
+        print(torch.cuda.max_memory_allocated() / 2**20)
+    else:
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def _timed(fn, reps: int = 3) -> float:
     fn()
     times = []
@@ -60,27 +99,36 @@ def build(args):
 
     torch.manual_seed(0)
     config = dict(FLUX_WIDTH, num_layers=args.double, num_single_layers=args.single)
-    transformer = FluxTransformer2DModel(**config).to(args.dtype).eval()
-    vae = AutoencoderKL(**TINY_VAE).eval()
+    transformer = FluxTransformer2DModel(**config).to(args.device, args.dtype).eval()
+    vae = AutoencoderKL(**TINY_VAE).to(args.device).eval()
     return config, transformer, vae
+
+
+def benchmark_methods(args) -> dict:
+    methods = {"baseline": Baseline(args.baseline_steps, shift=3.0)}
+    methods.update({name: RALUConfig.preset(name) for name in args.presets})
+    return methods
 
 
 def run_methods(args, transformer, vae, model_config) -> dict:
     tokens_side = args.size // 16
     grid, text = (tokens_side, tokens_side), args.text_tokens
     gen = torch.Generator().manual_seed(0)
-    embeds = torch.randn(1, text, 4096, generator=gen).to(args.dtype)
-    pooled = torch.randn(1, 768, generator=gen).to(args.dtype)
-    adapter = FluxAdapter(transformer, vae, embeds, pooled, torch.zeros(text, 3), guidance=torch.full([1], 3.5))
-    noise = torch.randn(1, tokens_side**2, 64, generator=gen).to(args.dtype)
-    methods = {"baseline": Baseline(args.baseline_steps, shift=3.0)}
-    methods.update({name: RALUConfig.preset(name) for name in args.presets})
+    dev = dict(device=args.device, dtype=args.dtype)
+    embeds = torch.randn(1, text, 4096, generator=gen).to(**dev)
+    pooled = torch.randn(1, 768, generator=gen).to(**dev)
+    adapter = FluxAdapter(transformer, vae, embeds, pooled, torch.zeros(text, 3, device=args.device),
+                          guidance=torch.full([1], 3.5, device=args.device))
+    noise = torch.randn(1, tokens_side**2, 64, generator=gen).to(**dev)
+    methods = benchmark_methods(args)
     full = schedule_cost(methods["baseline"], tokens_side**2, model_config, text).total
     flops = {name: full / schedule_cost(cfg, tokens_side**2, model_config, text).total for name, cfg in methods.items()}
 
     def once(cfg):
+        _sync(args.device)
         start = time.perf_counter()
         result = sample(adapter, noise, cfg, grid, generator=torch.Generator().manual_seed(1))
+        _sync(args.device)
         return time.perf_counter() - start, result
 
     with torch.no_grad():
@@ -109,11 +157,12 @@ def overheads(args, transformer, vae) -> dict:
     out = {}
     config = RALUConfig.preset("flux-dev-4x")
     grid_low = (32, 32)
-    low = torch.randn(1, 1024, 64)
-    selected = torch.randperm(1024)[: config.selected_tokens(1024)][None]
+    device = args.device
+    low = torch.randn(1, 1024, 64, device=device)
+    selected = torch.randperm(1024, device=device)[: config.selected_tokens(1024)][None]
     layout = MixedLayout.from_selection(selected, grid_low)
     stages = config.stages
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device).manual_seed(0)
 
     def noise_both():
         kept, parents = layout.split_low(low)
@@ -122,7 +171,7 @@ def overheads(args, transformer, vae) -> dict:
         kept_low, full = layout.split_mixed(mixed)
         _renoise(full, kept_low, stages[2], config, gen)
 
-    out["correlated noise, both transitions"] = _timed(noise_both)
+    out["correlated noise, both transitions"] = _timed(lambda: (noise_both(), _sync(device)))
 
     def bookkeeping():
         lay = MixedLayout.from_selection(selected, grid_low)
@@ -132,24 +181,26 @@ def overheads(args, transformer, vae) -> dict:
         kept_low, full = lay.split_mixed(mixed)
         lay.to_raster(upsample_tokens(kept_low, "token_repeat"), full)
 
-    out["token reordering + positions"] = _timed(bookkeeping)
+    out["token reordering + positions"] = _timed(lambda: (bookkeeping(), _sync(device)))
     image = torch.rand(1, 3, 512, 512) * 2 - 1
     out["Canny edge scores (512x512 decode)"] = _timed(lambda: edge_scores(image, grid_low))
-    embeds = torch.randn(2, args.text_tokens, 4096).to(args.dtype)
-    adapter = FluxAdapter(transformer, vae, embeds, torch.randn(2, 768).to(args.dtype), torch.zeros(args.text_tokens, 3),
-                          guidance=torch.full([2], 3.5))
-    positions = torch.stack([layout.mixed_positions("corner")[0],
-                             MixedLayout.from_selection(torch.randperm(1024)[:307][None], grid_low).mixed_positions("corner")[0]])
-    out["per-sample RoPE tables, batch of 2 (once per stage)"] = _timed(lambda: adapter.prepare_positions(positions, grid_low))
-    x0 = torch.randn(1, 1024, 64)
-    tiny = FluxAdapter(transformer, vae, embeds[:1], None, torch.zeros(args.text_tokens, 3))
+    dev = dict(device=device, dtype=args.dtype)
+    embeds = torch.randn(2, args.text_tokens, 4096).to(**dev)
+    adapter = FluxAdapter(transformer, vae, embeds, torch.randn(2, 768).to(**dev),
+                          torch.zeros(args.text_tokens, 3, device=device), guidance=torch.full([2], 3.5, device=device))
+    other = MixedLayout.from_selection(torch.randperm(1024, device=device)[:307][None], grid_low)
+    positions = torch.stack([layout.mixed_positions("corner")[0], other.mixed_positions("corner")[0]])
+    out["per-sample RoPE tables, batch of 2 (once per stage)"] = _timed(
+        lambda: (adapter.prepare_positions(positions, grid_low), _sync(device)))
+    x0 = torch.randn(1, 1024, 64, device=device)
+    tiny = FluxAdapter(transformer, vae, embeds[:1], None, torch.zeros(args.text_tokens, 3, device=device))
     with torch.no_grad():
         out["decode for region selection, tiny VAE (512x512)"] = _timed(lambda: tiny.decode(x0, grid_low), reps=1)
         if args.real_vae:
             from diffusers import AutoencoderKL
 
-            real = FluxAdapter(transformer, AutoencoderKL(**FLUX_VAE_DECODER).eval(), embeds[:1], None,
-                               torch.zeros(args.text_tokens, 3))
+            real = FluxAdapter(transformer, AutoencoderKL(**FLUX_VAE_DECODER).to(device).eval(), embeds[:1], None,
+                               torch.zeros(args.text_tokens, 3, device=device))
             out["decode for region selection, FLUX-architecture VAE (512x512)"] = _timed(
                 lambda: real.decode(x0, grid_low), reps=1)
     return out
@@ -203,12 +254,18 @@ def main(argv=None) -> int:
     parser.add_argument("--dense-noise-max-px", type=int, default=1024,
                         help="largest size at which the reference's dense noise is timed (2048 takes very long)")
     parser.add_argument("--real-vae", action="store_true", help="also time a FLUX-architecture VAE decode (slow on CPU)")
-    parser.add_argument("--out", type=Path, default=None, help="write speed.json and speed.md here")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory per method (fresh processes)")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None, help="write speed.json here")
     args = parser.parse_args(argv)
     if args.size % 32:
         parser.error(f"--size must be a multiple of 32, got {args.size}")
     args.text_tokens = args.text_tokens or max(1, (args.size // 16) ** 2 // 8)
     args.dtype = getattr(torch, args.dtype)
+    if args.memory_child:
+        _memory_child(args)
+        return 0
     model_config, transformer, vae = build(args)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"FLUX-width transformer: {args.double} double + {args.single} single blocks, hidden 3072, "
@@ -230,9 +287,16 @@ def main(argv=None) -> int:
     for row in noise:
         dense = f"{row['dense_mvn_s']:.2f} s" if "dense_mvn_s" in row else "not run"
         print(f"  {row['px']:>5} px: ours {row['ours_s'] * 1000:8.2f} ms   dense {dense}")
+    memory = {}
+    if args.memory:
+        memory = {name: peak_memory(args, name) for name in benchmark_methods(args)}
+        unit = "max_memory_allocated" if str(args.device).startswith("cuda") else "peak RSS"
+        print(f"\npeak memory ({unit}, one generation per fresh process):")
+        for name, mib in memory.items():
+            print(f"  {name:<14}{mib:>10.0f} MiB")
     record = dict(command="python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   machine=machine, size=args.size, text_tokens=args.text_tokens, blocks=(args.double, args.single),
-                  dtype=str(args.dtype), methods=rows, overheads_s=costs, noise=noise,
+                  dtype=str(args.dtype), methods=rows, overheads_s=costs, noise=noise, peak_memory_mib=memory,
                   ralu_4x_median_s=total_4x)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

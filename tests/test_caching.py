@@ -114,8 +114,12 @@ def test_teacache_skips_and_counts(pipe):
     finally:
         remove_teacache(pipe.transformer)
     assert stats.skipped > 0 and stats.computed + stats.skipped == 18
+    per_stage = stats.skipped_per_stage((5, 6, 7))
+    assert sum(per_stage) == stats.skipped
     # every stage computes its first and last step
-    assert stats.computed >= 6
+    assert stats.computed >= 6 and all(s <= n - 2 for s, n in zip(per_stage, (5, 6, 7)))
+    first_and_last = [0, 4, 5, 10, 11, 17]
+    assert all(stats.decisions[i] for i in first_and_last)
     assert work < full_work and torch.isfinite(out.images).all()
     _, after = run(pipe)
     assert after == full_work  # hooks removed

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -161,6 +161,7 @@ def _hooks():
                     self.stats.computed += 1
                 else:
                     self.stats.skipped += 1
+                self.stats.decisions.append(state.should_compute)
             if state.should_compute:
                 output = self.fn_ref.original_forward(*args, **kwargs)
                 if self.is_tail:
@@ -186,13 +187,28 @@ def transformer_blocks(transformer: torch.nn.Module) -> list[tuple[str, torch.nn
 
 @dataclass
 class TeaCacheStats:
-    """Calls of the block stack computed and skipped since the hooks were applied (or ``clear()``)."""
+    """Calls of the block stack computed and skipped since the hooks were applied (or ``clear()``).
+
+    decisions: True (computed) / False (skipped) per call, in call order.
+    """
 
     computed: int = 0
     skipped: int = 0
+    decisions: list[bool] = field(default_factory=list)
 
     def clear(self) -> None:
         self.computed = self.skipped = 0
+        self.decisions.clear()
+
+    def skipped_per_stage(self, steps: tuple[int, ...]) -> tuple[int, ...]:
+        """Skipped calls per stage of one single-branch generation with ``steps`` calls per stage."""
+        if len(self.decisions) != sum(steps):
+            raise ValueError(f"recorded {len(self.decisions)} calls, but the stages have {sum(steps)} steps")
+        out, start = [], 0
+        for n in steps:
+            out.append(sum(not d for d in self.decisions[start:start + n]))
+            start += n
+        return tuple(out)
 
 
 def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig = TeaCacheConfig()) -> TeaCacheStats:
