@@ -58,3 +58,38 @@ def test_ties_prefer_neighbours_of_edges_then_low_index():
     assert set(chosen) - {5} <= neighbours
     # deterministic
     assert select_tokens(scores, 4, (4, 4))[0].tolist() == chosen
+
+
+def test_latent_edge_score_finds_a_square_in_the_latent():
+    from diffusers import FluxPipeline
+
+    from ralu.regions import latent_edge_scores
+
+    latent = torch.zeros(1, 16, 16, 16)  # (B, C, 2h, 2w) for an 8x8 token grid
+    latent[:, :, 4:12, 4:12] = 1.0  # a square whose border runs through tokens 1-2 and 5-6 of each axis
+    tokens = FluxPipeline._pack_latents(latent, 1, 16, 16, 16)
+    scores = latent_edge_scores(tokens, (8, 8)).view(8, 8)
+    inside_border = {1, 2, 5, 6}
+    for i in range(8):
+        for j in range(8):
+            on_border = (i in inside_border or j in inside_border) and 1 <= i <= 6 and 1 <= j <= 6
+            assert (scores[i, j] > 0) == on_border, (i, j)
+
+
+def test_latent_region_source_skips_the_decode():
+    from ralu import RALUConfig, sample
+
+    class NoDecode:
+        def prepare_positions(self, positions, grid):
+            return None
+
+        def velocity(self, x, prepared, step):
+            return torch.zeros_like(x)
+
+        def decode(self, x0, grid):
+            raise AssertionError("decode must not run with region_source='latent'")
+
+    noise = torch.randn(1, 64, 64, generator=torch.Generator().manual_seed(0))
+    config = RALUConfig.preset("flux-dev-7x", region_source="latent", up_ratio=0.25)
+    result = sample(NoDecode(), noise, config, (8, 8))
+    assert result.layout.selected.shape == (1, 4)

@@ -11,6 +11,7 @@ from .schedule import Stage, renoise_coefficients, restart_progress, stage_sigma
 UPSAMPLE_MODES = ("token_repeat", "latent_nearest")
 TOKEN_POSITIONS = ("corner", "center")
 TABLE_POSITIONS = ("low_grid", "full_grid", "stock_then_full")
+REGION_SOURCES = ("decoded", "latent")
 
 
 def _is_int(value: object) -> bool:
@@ -42,6 +43,8 @@ class RALUConfig:
         low-res token at twice its low-grid position (its top-left child, or the centre of its
         children with token_position="center"). "stock_then_full": "low_grid" while the sequence
         holds only low-res tokens (stage 1), "full_grid" once it mixes resolutions (stage 2).
+    region_source: "decoded" (the paper: decode the clean estimate at low resolution, Canny on
+        the image) or "latent" (Sobel magnitude of the clean-estimate latent itself: no VAE decode).
     name: preset name, for display only.
     """
 
@@ -56,6 +59,7 @@ class RALUConfig:
     token_position: str = "corner"
     exact_kept_noise: bool = False
     table_positions: str = "low_grid"
+    region_source: str = "decoded"
     name: str | None = field(default=None, compare=False)
 
     PRESETS: ClassVar[dict[str, dict]] = {
@@ -93,6 +97,8 @@ class RALUConfig:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
         if self.token_position not in TOKEN_POSITIONS:
             raise ValueError(f"token_position must be one of {TOKEN_POSITIONS}, got {self.token_position!r}")
+        if self.region_source not in REGION_SOURCES:
+            raise ValueError(f"region_source must be one of {REGION_SOURCES}, got {self.region_source!r}")
         if self.table_positions not in TABLE_POSITIONS:
             raise ValueError(f"table_positions must be one of {TABLE_POSITIONS}, got {self.table_positions!r}")
         shifts, noise_ratio = self.shifts, self.noise_ratio

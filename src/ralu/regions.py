@@ -45,6 +45,24 @@ def edge_scores(images: torch.Tensor, grid: tuple[int, int], clip_unit: bool = F
     return counts.flatten(1)
 
 
+def latent_edge_scores(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Decode-free edge score per low-res token: tokens (B, h·w, C·2·2) → (B, h·w) float32.
+
+    The clean-estimate latent is reassembled from its 2×2-patch tokens (ralu's channel-major
+    packing), its Sobel gradient magnitude is summed over channels and over each token's
+    footprint. A cheaper stand-in for decoding + Canny: no VAE call, no image-sized tensors.
+    """
+    h, w = grid
+    batch, _, dim = tokens.shape
+    latent = tokens.float().view(batch, h, w, dim // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(batch, dim // 4, 2 * h, 2 * w)
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=tokens.device)
+    kernels = torch.stack([sobel, sobel.T])[:, None].repeat(dim // 4, 1, 1, 1)
+    padded = F.pad(latent, (1, 1, 1, 1), mode="replicate")
+    grads = F.conv2d(padded, kernels, groups=dim // 4).view(batch, dim // 4, 2, 2 * h, 2 * w)
+    magnitude = grads.pow(2).sum(dim=2).sqrt().sum(dim=1)
+    return magnitude.view(batch, h, 2, w, 2).sum(dim=(2, 4)).flatten(1).cpu()
+
+
 def select_tokens(scores: torch.Tensor, count: int, grid: tuple[int, int]) -> torch.Tensor:
     """Indices of the ``count`` highest-scoring tokens per sample: scores (B, h·w) → (B, count) sorted.
 

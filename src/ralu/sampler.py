@@ -17,7 +17,7 @@ import torch
 from .config import Baseline, RALUConfig
 from .layout import MixedLayout, downsample_tokens, grid_positions, low_positions, pool_tokens, upsample_tokens
 from .noise import Generator, correlate, randn
-from .regions import edge_scores, select_tokens
+from .regions import edge_scores, latent_edge_scores, select_tokens
 from .schedule import Stage
 
 
@@ -205,8 +205,10 @@ def sample(
         x0 = x
     else:
         x0 = (x.float() - stages[0].sigmas[-1] * v.float()).to(x.dtype)
-    images = adapter.decode(x0, low_grid)
-    scores = edge_scores(images, low_grid, config.canny_clip_unit)
+    if config.region_source == "latent":
+        scores = latent_edge_scores(x0, low_grid)
+    else:
+        scores = edge_scores(adapter.decode(x0, low_grid), low_grid, config.canny_clip_unit)
     selected = select_tokens(scores, config.selected_tokens(scores.shape[1]), low_grid).to(x.device)
     layout = MixedLayout.from_selection(selected, low_grid)
     kept, parents = layout.split_low(x)
