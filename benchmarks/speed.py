@@ -32,7 +32,7 @@ from ralu import Baseline, RALUConfig, sample
 from ralu.adapters.flux import FluxAdapter
 from ralu.cost import schedule_cost
 from ralu.layout import MixedLayout, grid_positions, upsample_tokens
-from ralu.regions import edge_scores
+from ralu.regions import edge_scores, latent_edge_scores
 from ralu.sampler import _renoise
 
 FLUX_WIDTH = dict(num_attention_heads=24, attention_head_dim=128, joint_attention_dim=4096, pooled_projection_dim=768,
@@ -184,6 +184,8 @@ def overheads(args, transformer, vae) -> dict:
     out["token reordering + positions"] = _timed(lambda: (bookkeeping(), _sync(device)))
     image = torch.rand(1, 3, 512, 512) * 2 - 1
     out["Canny edge scores (512x512 decode)"] = _timed(lambda: edge_scores(image, grid_low))
+    out["latent edge scores (region_source='latent', no decode)"] = _timed(
+        lambda: (latent_edge_scores(low, grid_low), _sync(device)))
     dev = dict(device=device, dtype=args.dtype)
     embeds = torch.randn(2, args.text_tokens, 4096).to(**dev)
     adapter = FluxAdapter(transformer, vae, embeds, torch.randn(2, 768).to(**dev),
