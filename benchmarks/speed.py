@@ -303,8 +303,33 @@ def main(argv=None) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "speed.json").write_text(json.dumps(record, indent=2))
-        print(f"\nwrote {args.out / 'speed.json'}")
+        (args.out / "speed.md").write_text(markdown(record))
+        print(f"\nwrote {args.out / 'speed.json'} and {args.out / 'speed.md'}")
     return 0
+
+
+def markdown(record: dict) -> str:
+    """The results as markdown tables."""
+    lines = [f"# Speed benchmark", "", f"Command: `{record['command']}`  ", f"Machine: {record['machine']}  ",
+             f"Model: FLUX-width transformer ({record['blocks'][0]} double + {record['blocks'][1]} single blocks, "
+             f"hidden 3072), {record['size']}x{record['size']} px, {record['text_tokens']} text tokens, "
+             f"{record['dtype'].replace('torch.', '')}", "",
+             "| method | calls | median s | min-max s | measured speedup | FLOPs speedup | efficiency |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in record["methods"].items():
+        lines.append(f"| {name} | {r['calls']} | {r['median_s']:.2f} | {r['min_s']:.2f}-{r['max_s']:.2f} | "
+                     f"{r['measured_speedup']:.2f}x | {r['flops_speedup']:.2f}x | {r['efficiency']:.3f} |")
+    lines += ["", "RALU's own overheads per generation, at 1024x1024 token counts:", "", "| work | ms |", "| --- | --- |"]
+    lines += [f"| {name} | {seconds * 1000:.2f} |" for name, seconds in record["overheads_s"].items()]
+    lines += ["", "Correlated noise for both transitions:", "", "| px | ours ms | reference dense MVN s |",
+              "| --- | --- | --- |"]
+    for row in record["noise"]:
+        dense = f"{row['dense_mvn_s']:.2f}" if "dense_mvn_s" in row else "not run"
+        lines.append(f"| {row['px']} | {row['ours_s'] * 1000:.2f} | {dense} |")
+    if record.get("peak_memory_mib"):
+        lines += ["", "| method | peak memory MiB |", "| --- | --- |"]
+        lines += [f"| {name} | {mib:.0f} |" for name, mib in record["peak_memory_mib"].items()]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
