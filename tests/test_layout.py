@@ -105,3 +105,10 @@ def test_mixed_positions_conventions():
     assert corner == [[0, 0], [0, 1], [0, 1.5], [0.5, 1], [0.5, 1.5]]
     center = layout.mixed_positions("center")[0].tolist()
     assert center[0] == [0.25, 0.25] and center[1:] == corner[1:]
+
+
+def test_tokens_to_latent_inverts_diffusers_packing():
+    from ralu.layout import tokens_to_latent
+
+    latents = torch.randn(2, 16, 6, 10)
+    assert torch.equal(tokens_to_latent(pack(latents), (3, 5)), latents)

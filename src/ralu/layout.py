@@ -28,6 +28,14 @@ def _as_patches(x: torch.Tensor) -> torch.Tensor:
     return x.unflatten(-1, (-1, PATCH, PATCH))
 
 
+def tokens_to_latent(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Tokens (B, h·w, C·p·p) in raster order on grid (h, w) → the latent image (B, C, p·h, p·w)."""
+    h, w = grid
+    batch, _, dim = tokens.shape
+    patches = tokens.view(batch, h, w, dim // PATCH**2, PATCH, PATCH)
+    return patches.permute(0, 3, 1, 4, 2, 5).reshape(batch, dim // PATCH**2, PATCH * h, PATCH * w)
+
+
 def downsample_tokens(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Nearest downsampling by 2 of the latent image behind full-res tokens.
 

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .layout import tokens_to_latent
+
 CANNY_THRESHOLDS = (100, 200)
 
 
@@ -54,7 +56,7 @@ def latent_edge_scores(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Ten
     """
     h, w = grid
     batch, _, dim = tokens.shape
-    latent = tokens.float().view(batch, h, w, dim // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(batch, dim // 4, 2 * h, 2 * w)
+    latent = tokens_to_latent(tokens.float(), grid)
     sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=tokens.device)
     kernels = torch.stack([sobel, sobel.T])[:, None].repeat(dim // 4, 1, 1, 1)
     padded = F.pad(latent, (1, 1, 1, 1), mode="replicate")

@@ -14,13 +14,23 @@ from dataclasses import dataclass
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
-from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
 from diffusers.utils.torch_utils import get_module_execution_device
 
 from ..caching import cache_context, reset_cache_state
+from ..layout import tokens_to_latent
 from ..sampler import Step
 
 logger = logging.getLogger(__name__)
+
+
+def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Latents (B, C, H, W) in the transformer's space → images (B, 3, 8H, 8W) in [-1, 1].
+
+    Undoes the VAE's scaling and shift factors (FLUX and SD3 alike), on the VAE's device and dtype.
+    """
+    latents = latents / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)
+    latents = latents.to(device=get_module_execution_device(vae), dtype=vae.dtype)
+    return vae.decode(latents, return_dict=False)[0]
 
 
 class BatchedRopeFluxAttnProcessor(FluxAttnProcessor):
@@ -165,14 +175,6 @@ class FluxAdapter:
             v = v_neg + self.true_cfg_scale * (v - v_neg)
         return v
 
-    def unpack(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """(B, h·w, 4C) packed tokens on the token grid (h, w) → (B, C, 2h, 2w) latents."""
-        scale = self.vae_scale_factor * 2
-        return FluxPipeline._unpack_latents(tokens, grid[0] * scale, grid[1] * scale, self.vae_scale_factor)
-
     def decode(self, x0: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Clean tokens (B, h·w, 64) → images (B, 3, 16h, 16w) in [-1, 1], through the pipeline's VAE."""
-        latents = self.unpack(x0, grid)
-        latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
-        latents = latents.to(device=get_module_execution_device(self.vae), dtype=self.vae.dtype)
-        return self.vae.decode(latents, return_dict=False)[0]
+        return vae_decode(self.vae, tokens_to_latent(x0, grid))
