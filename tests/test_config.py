@@ -102,3 +102,35 @@ def test_baseline_validation_and_grid():
         Baseline(10).stages
     (stage,) = Baseline(4, shift=1.0).stages
     assert stage.sigmas == pytest.approx((1.0, 0.75, 0.5, 0.25, 0.0))
+
+
+def test_sd3_presets_are_the_paper_values_and_close_to_ntdm():
+    from ralu import solve_ntdm
+
+    two = RALUConfig.preset("sd3-2x")
+    assert (two.steps, two.ends, two.up_ratio, two.base_shift) == ((5, 6, 9), (0.2, 0.3, 1.0), 0.3, 3.0)
+    assert two.shifts == (6.121, 2.23, 1.97) and two.noise_ratio == pytest.approx(1 / math.sqrt(0.0586), rel=1e-12)
+    three = RALUConfig.preset("sd3-3x")
+    assert (three.steps, three.ends, three.up_ratio) == ((3, 3, 6), (0.25, 0.3, 1.0), 0.2)
+    assert three.shifts == (6.40, 2.60, 2.273) and three.noise_ratio == pytest.approx(1 / math.sqrt(0.0255), rel=1e-12)
+    # the paper prints NT-DM's solution at base shift 3.0 to 2-4 digits (README, SD3 presets)
+    for config, shift_tol, ratio_tol in ((two, (1e-3, 7e-3, 3e-3), 1e-3), (three, (2e-3, 2e-3, 1e-3), 5e-3)):
+        shifts, ratio = solve_ntdm(config.steps, config.ends, 3.0)
+        assert all(abs(a - b) <= tol for a, b, tol in zip(shifts, config.shifts, shift_tol))
+        assert abs(ratio - config.noise_ratio) <= ratio_tol
+
+
+@pytest.mark.parametrize("name, tokens", [
+    # SD3 at 1024²: 64x64 full tokens (patch 2 on the 8x latent), 32x32 low
+    ("sd3-2x", (1024, 1024 - 307 + 4 * 307, 4096)),
+    ("sd3-3x", (1024, 1024 - 204 + 4 * 204, 4096)),
+])
+def test_sd3_preset_token_counts(name, tokens):
+    assert RALUConfig.preset(name).tokens_per_stage(4096) == tokens
+
+
+def test_table_positions_default_and_validation():
+    assert RALUConfig.preset("sd3-3x").table_positions == "low_grid"
+    with pytest.raises(ValueError, match=r"table_positions must be one of \('low_grid', 'full_grid', "
+                                         r"'stock_then_full'\), got 'centre'"):
+        RALUConfig.preset("sd3-3x", table_positions="centre")

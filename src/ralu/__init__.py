@@ -6,7 +6,8 @@ from .config import Baseline, RALUConfig
 from .ntdm import solve_ntdm
 from .sampler import SampleResult, sample
 
-__all__ = ["Baseline", "RALUConfig", "RALUFluxPipeline", "RALUPipelineOutput", "SampleResult", "sample", "solve_ntdm"]
+__all__ = ["Baseline", "RALUConfig", "RALUFluxPipeline", "RALUPipelineOutput", "RALUStableDiffusion3Pipeline", "SampleResult",
+           "sample", "solve_ntdm"]
 __version__ = "0.1.0"
 
 
@@ -16,6 +17,10 @@ def __getattr__(name: str):
         from .pipelines.flux import RALUFluxPipeline
 
         return RALUFluxPipeline
+    if name == "RALUStableDiffusion3Pipeline":
+        from .pipelines.sd3 import RALUStableDiffusion3Pipeline
+
+        return RALUStableDiffusion3Pipeline
     if name == "RALUPipelineOutput":
         from .pipelines.common import RALUPipelineOutput
 

@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from .common import RALUPipelineOutput
 from .flux import RALUFluxPipeline
+from .sd3 import RALUStableDiffusion3Pipeline
 
-__all__ = ["RALUFluxPipeline", "RALUPipelineOutput"]
+__all__ = ["RALUFluxPipeline", "RALUPipelineOutput", "RALUStableDiffusion3Pipeline"]
