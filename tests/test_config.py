@@ -134,3 +134,12 @@ def test_table_positions_default_and_validation():
     with pytest.raises(ValueError, match=r"table_positions must be one of \('low_grid', 'full_grid', "
                                          r"'stock_then_full'\), got 'centre'"):
         RALUConfig.preset("sd3-3x", table_positions="centre")
+
+
+def test_baseline_with_an_explicit_grid():
+    (stage,) = Baseline(2, sigmas=(1.0, 0.4, 0.0)).stages
+    assert stage.sigmas == (1.0, 0.4, 0.0)
+    with pytest.raises(ValueError, match=r"sigmas must be 3 decreasing noise levels from <= 1 to 0"):
+        Baseline(2, sigmas=(1.0, 0.5, 0.6))
+    with pytest.raises(ValueError, match=r"sigmas must be 3 decreasing"):
+        Baseline(2, sigmas=(1.0, 0.0))

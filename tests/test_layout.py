@@ -110,5 +110,8 @@ def test_mixed_positions_conventions():
 def test_tokens_to_latent_inverts_diffusers_packing():
     from ralu.layout import tokens_to_latent
 
+    from ralu.layout import latent_to_tokens
+
     latents = torch.randn(2, 16, 6, 10)
     assert torch.equal(tokens_to_latent(pack(latents), (3, 5)), latents)
+    assert torch.equal(latent_to_tokens(latents), pack(latents))

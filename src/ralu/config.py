@@ -170,12 +170,16 @@ class RALUConfig:
 class Baseline:
     """The stock single-resolution schedule, run through the same sampler as RALU.
 
-    steps: model calls (50 for FLUX.1-dev in the paper).
-    shift: scheduler shift h; None lets the pipeline use its scheduler's own (resolution-dependent) shift.
+    steps: model calls (50 for FLUX.1-dev in the paper, 28 for SD3).
+    shift: scheduler shift h of the uniform grid ``linspace(1, 0, steps+1)``; None lets the
+        pipeline use its scheduler's own shift (resolution-dependent for FLUX).
+    sigmas: an explicit (steps+1,) grid, 1 → 0, e.g. a scheduler's own (SD3's pipeline lets the
+        scheduler end its grid at a shifted σ_min before 0); overrides ``shift``.
     """
 
     steps: int = 50
     shift: float | None = None
+    sigmas: tuple[float, ...] | None = None
     name: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -183,9 +187,17 @@ class Baseline:
             raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
         if self.shift is not None and (not isinstance(self.shift, (int, float)) or not self.shift > 0):
             raise ValueError(f"shift must be > 0 or None, got {self.shift!r}")
+        if self.sigmas is not None:
+            sigmas = tuple(float(x) for x in self.sigmas)
+            if len(sigmas) != self.steps + 1 or sigmas[-1] != 0.0 or not sigmas[0] <= 1.0 or any(
+                    a <= b for a, b in zip(sigmas, sigmas[1:])):
+                raise ValueError(f"sigmas must be {self.steps + 1} decreasing noise levels from <= 1 to 0, got {self.sigmas!r}")
+            object.__setattr__(self, "sigmas", sigmas)
 
     @property
     def stages(self) -> tuple[Stage, ...]:
+        if self.sigmas is not None:
+            return (Stage("full", self.sigmas),)
         if self.shift is None:
             raise ValueError("Baseline.shift is None: resolve it first (the pipeline does, from its scheduler)")
         return (Stage("full", tuple(float(s) for s in stage_sigmas(0.0, 1.0, self.steps, self.shift))),)
@@ -194,5 +206,6 @@ class Baseline:
         return (full_tokens,)
 
     def describe(self) -> str:
-        shift = "scheduler" if self.shift is None else f"{self.shift:.3f}"
-        return f"{self.name or 'baseline'}: steps={self.steps} shift={shift} (full resolution)"
+        grid = ("the scheduler's own grid" if self.sigmas is not None
+                else "scheduler shift" if self.shift is None else f"shift={self.shift:.3f}")
+        return f"{self.name or 'baseline'}: steps={self.steps} ({grid}, full resolution)"

@@ -36,6 +36,13 @@ def tokens_to_latent(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tenso
     return patches.permute(0, 3, 1, 4, 2, 5).reshape(batch, dim // PATCH**2, PATCH * h, PATCH * w)
 
 
+def latent_to_tokens(latents: torch.Tensor) -> torch.Tensor:
+    """The latent image (B, C, p·h, p·w) → tokens (B, h·w, C·p·p) in raster order (FLUX's packing)."""
+    batch, channels, height, width = latents.shape
+    patches = latents.view(batch, channels, height // PATCH, PATCH, width // PATCH, PATCH)
+    return patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, (height // PATCH) * (width // PATCH), channels * PATCH**2)
+
+
 def downsample_tokens(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Nearest downsampling by 2 of the latent image behind full-res tokens.
 

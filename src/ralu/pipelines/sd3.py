@@ -3,48 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import FluxPipeline, StableDiffusion3Pipeline
+from diffusers import StableDiffusion3Pipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 
 from ..adapters.flux import vae_decode
 from ..adapters.sd3 import SD3Adapter
 from ..config import Baseline, RALUConfig
-from ..layout import tokens_to_latent
+from ..layout import latent_to_tokens, tokens_to_latent
 from ..sampler import sample
-from ..schedule import Stage
 from .common import check_batch, check_output_type, check_size, make_output, resolve_config, stage_progress
 
 
-@dataclass(frozen=True)
-class SchedulerBaseline:
-    """A single-resolution schedule on the scheduler's own σ grid, as StableDiffusion3Pipeline runs it.
-
-    SD3's pipeline passes no σ grid, so FlowMatchEulerDiscreteScheduler shifts
-    ``linspace(1, σ_min, N)`` (σ_min: its shifted 1/1000) and appends 0, which is not the uniform
-    ``linspace(1, 0, N+1)`` a :class:`Baseline` with a given shift uses.
-    sigmas: (N+1,) the scheduler's σ grid, 1 → 0.
-    """
-
-    steps: int
-    sigmas: tuple[float, ...]
-    name: str | None = None
-
-    @property
-    def stages(self) -> tuple[Stage, ...]:
-        return (Stage("full", self.sigmas),)
-
-    def tokens_per_stage(self, full_tokens: int) -> tuple[int]:
-        return (full_tokens,)
-
-    def describe(self) -> str:
-        return f"{self.name or 'baseline'}: steps={self.steps} (the scheduler's own grid, full resolution)"
-
-
-def scheduler_baseline(config: Baseline, scheduler, image_tokens: int, device) -> SchedulerBaseline:
+def scheduler_baseline(config: Baseline, scheduler, image_tokens: int, device) -> Baseline:
     """The stock pipeline's σ grid for a :class:`Baseline` without shift (dynamic shifting as SD3's pipeline)."""
     kwargs = {}
     if scheduler.config.get("use_dynamic_shifting", None):
@@ -52,7 +25,8 @@ def scheduler_baseline(config: Baseline, scheduler, image_tokens: int, device) -
                                        scheduler.config.get("max_image_seq_len", 4096),
                                        scheduler.config.get("base_shift", 0.5), scheduler.config.get("max_shift", 1.16))
     scheduler.set_timesteps(config.steps, device=device, **kwargs)
-    return SchedulerBaseline(config.steps, tuple(float(s) for s in scheduler.sigmas.cpu()), config.name)
+    return Baseline(config.steps, sigmas=tuple(float(s) for s in scheduler.sigmas.cpu()), name=config.name)
+
 
 class RALUStableDiffusion3Pipeline(StableDiffusion3Pipeline):
     """A StableDiffusion3Pipeline whose ``__call__`` samples with RALU (or a baseline schedule) via ``config=``.
@@ -159,7 +133,7 @@ class RALUStableDiffusion3Pipeline(StableDiffusion3Pipeline):
         if latents is not None and tuple(latents.shape) != latent_shape:
             raise ValueError(f"latents must have shape {latent_shape} (batch, channels, height/8, width/8), "
                              f"got {tuple(latents.shape)}")
-        if isinstance(config, Baseline) and config.shift is None:
+        if isinstance(config, Baseline) and config.shift is None and config.sigmas is None:
             config = scheduler_baseline(config, self.scheduler, grid[0] * grid[1], "cpu")
 
         self._guidance_scale = guidance_scale
@@ -180,7 +154,7 @@ class RALUStableDiffusion3Pipeline(StableDiffusion3Pipeline):
             lora_scale=self._joint_attention_kwargs.get("scale"))
         negative = (negative_prompt_embeds, negative_pooled_prompt_embeds) if self.do_classifier_free_guidance else None
         latents = self.prepare_latents(batch, channels, height, width, prompt_embeds.dtype, device, generator, latents)
-        tokens = FluxPipeline._pack_latents(latents, batch, channels, latents.shape[2], latents.shape[3])
+        tokens = latent_to_tokens(latents)
 
         adapter = SD3Adapter(self.transformer, self.vae, prompt_embeds, pooled_prompt_embeds, grid, negative=negative,
                              guidance_scale=guidance_scale, joint_attention_kwargs=self._joint_attention_kwargs,
