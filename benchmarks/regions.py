@@ -29,8 +29,8 @@ class _Recorder:
     def __init__(self, adapter):
         self.adapter, self.x0 = adapter, None
 
-    def prepare_positions(self, positions, grid):
-        return self.adapter.prepare_positions(positions, grid)
+    def prepare_positions(self, positions, grid, resolution="full"):
+        return self.adapter.prepare_positions(positions, grid, resolution)
 
     def velocity(self, x, prepared, step):
         return self.adapter.velocity(x, prepared, step)

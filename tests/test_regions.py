@@ -80,7 +80,7 @@ def test_latent_region_source_skips_the_decode():
     from ralu import RALUConfig, sample
 
     class NoDecode:
-        def prepare_positions(self, positions, grid):
+        def prepare_positions(self, positions, grid, resolution="full"):
             return None
 
         def velocity(self, x, prepared, step):

@@ -32,7 +32,7 @@ class DiracAdapter:
         self.starts = []  # normalised noise at the first step of each stage
         self._stage = 0
 
-    def prepare_positions(self, positions, grid):
+    def prepare_positions(self, positions, grid, resolution="full"):
         self._stage += 1
         batch, count, _ = positions.shape
         low_index = lambda p: (p[..., 0].floor() * LOW[1] + p[..., 1].floor()).long()  # noqa: E731

@@ -140,7 +140,8 @@ def test_position_conventions_map_onto_the_table():
     assert crop_origin(size, low) == (10, 9) and crop_origin(size, full) == (8, 6)
 
     def coords(positions, grid, convention):
-        return table_coordinates(positions, grid, full, size, convention)[0]
+        mixed = positions.shape[1] != grid[0] * grid[1]
+        return table_coordinates(positions, grid, full, size, convention, mixed=mixed)[0]
 
     for convention in ("low_grid", "full_grid", "stock_then_full"):  # stage 3 is the stock full-res crop
         assert torch.equal(coords(stage3, full, convention), stage3[0] + full_origin)
@@ -157,6 +158,9 @@ def test_position_conventions_map_onto_the_table():
     # stock_then_full: stage 1 as low_grid, stage 2 as full_grid
     assert torch.equal(coords(stage1, low, "stock_then_full"), coords(stage1, low, "low_grid"))
     assert torch.equal(coords(stage2, low, "stock_then_full"), coords(stage2, low, "full_grid"))
+    # the stage decides, not the token count: a stage-2 sequence with nothing upsampled yet
+    same_count = table_coordinates(stage1, low, full, size, "stock_then_full", mixed=True)[0]
+    assert torch.equal(same_count, coords(stage1, low, "full_grid"))
     with pytest.raises(ValueError, match=r"table_positions must be one of"):
         table_coordinates(stage1, low, full, size, "centre_crop")
     with pytest.raises(ValueError, match=r"grid must be the full token grid \(8, 12\) or the low grid"):

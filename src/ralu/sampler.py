@@ -24,11 +24,12 @@ from .schedule import Stage
 class ModelAdapter(Protocol):
     """What the sampler needs from a model family (see ``ralu.adapters``)."""
 
-    def prepare_positions(self, positions: torch.Tensor, grid: tuple[int, int]) -> Any:
+    def prepare_positions(self, positions: torch.Tensor, grid: tuple[int, int], resolution: str = "full") -> Any:
         """Turn token positions into whatever the model consumes; called once per stage.
 
         positions: (B, S, 2) ``(row, col)`` in units of ``grid``, the (h, w) grid of the stage
         (the low-res grid in stages 1-2, the full grid in stage 3).
+        resolution: the stage's ``Stage.resolution``: "low", "mixed" or "full".
         """
 
     def velocity(self, x: torch.Tensor, positions: Any, step: Step) -> torch.Tensor:
@@ -173,7 +174,7 @@ def sample(
     def run(k: int, x: torch.Tensor, positions: torch.Tensor, unit_grid: tuple[int, int]):
         stage = stages[k]
         start = time.perf_counter()
-        prepared = adapter.prepare_positions(positions, unit_grid)
+        prepared = adapter.prepare_positions(positions, unit_grid, stage.resolution)
         label = f"Stage {k + 1}/{len(stages)} ({stage.resolution}, {x.shape[1]} tokens)"
         x, v = _run_stage(adapter, x, prepared, stage, k, sum(s.steps for s in stages[:k]), callback, interrupt,
                           open_bar(stage.steps, label), step_start)

@@ -121,8 +121,11 @@ class FluxAdapter:
         self.vae_scale_factor = vae_scale_factor
         self._warned_loop = False
 
-    def prepare_positions(self, positions: torch.Tensor, grid: tuple[int, int]) -> FluxPositions:
-        """positions (B, S, 2) → img_ids ``[0, row, col]`` and, if samples differ, per-sample RoPE."""
+    def prepare_positions(self, positions: torch.Tensor, grid: tuple[int, int], resolution: str = "full") -> FluxPositions:
+        """positions (B, S, 2) → img_ids ``[0, row, col]`` and, if samples differ, per-sample RoPE.
+
+        RoPE is relative: FLUX needs neither the grid nor the stage's resolution.
+        """
         positions = positions.to(torch.float32)
         ids = torch.cat([torch.zeros_like(positions[..., :1]), positions], dim=-1)
         if ids.shape[0] == 1 or bool((ids == ids[:1]).all()):

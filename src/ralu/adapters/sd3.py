@@ -34,7 +34,7 @@ def crop_origin(table_size: int, grid: tuple[int, int]) -> tuple[int, int]:
 
 
 def table_coordinates(positions: torch.Tensor, grid: tuple[int, int], full_grid: tuple[int, int],
-                      table_size: int, convention: str) -> torch.Tensor:
+                      table_size: int, convention: str, mixed: bool = False) -> torch.Tensor:
     """Sampler positions → coordinates in SD3's position table, in table cells.
 
     positions: (B, S, 2) ``(row, col)`` in units of ``grid``: the low grid ``full_grid/2`` in
@@ -42,7 +42,7 @@ def table_coordinates(positions: torch.Tensor, grid: tuple[int, int], full_grid:
     convention: a ``RALUConfig.table_positions`` value. On the full grid every convention is the
     stock crop; on the low grid "low_grid" uses the stock half-resolution crop, "full_grid" the
     full-resolution crop at twice the position, and "stock_then_full" the former while the
-    sequence fills its grid with low-res tokens only (stage 1) and the latter once it mixes.
+    sequence holds low-res tokens only (stage 1) and the latter once it mixes (``mixed``, stage 2).
     Returns (B, S, 2) float32.
     """
     if convention not in TABLE_POSITIONS:
@@ -51,9 +51,8 @@ def table_coordinates(positions: torch.Tensor, grid: tuple[int, int], full_grid:
     if tuple(grid) not in (tuple(full_grid), low_grid):
         raise ValueError(f"grid must be the full token grid {full_grid} or the low grid {low_grid}, got {grid}")
     positions = positions.to(torch.float32)
-    uniform = positions.shape[1] == grid[0] * grid[1]
     on_full = tuple(grid) == tuple(full_grid) or convention == "full_grid" or (
-        convention == "stock_then_full" and not uniform)
+        convention == "stock_then_full" and mixed)
     if on_full:
         scale = 1.0 if tuple(grid) == tuple(full_grid) else 2.0
         origin = crop_origin(table_size, full_grid)
@@ -161,13 +160,16 @@ class SD3Adapter:
         self.table_positions = table_positions
         self.joint_attention_kwargs = dict(joint_attention_kwargs or {})
 
-    def prepare_positions(self, positions: torch.Tensor, grid: tuple[int, int]) -> SD3Positions:
-        """positions (B, S, 2) in units of ``grid`` → the sin-cos embedding each token gets added."""
+    def prepare_positions(self, positions: torch.Tensor, grid: tuple[int, int], resolution: str = "full") -> SD3Positions:
+        """positions (B, S, 2) in units of ``grid`` → the sin-cos embedding each token gets added.
+
+        resolution: the stage's ("low", "mixed", "full"); it decides the table for "stock_then_full".
+        """
         patch_embed = self.transformer.pos_embed
         if positions.shape[0] > 1 and bool((positions == positions[:1]).all()):
             positions = positions[:1]
         coords = table_coordinates(positions, grid, self.full_grid, patch_embed.pos_embed_max_size,
-                                   self.table_positions)
+                                   self.table_positions, mixed=resolution == "mixed")
         cells = grid_positions(grid, positions.device)
         raster = positions.shape[1] == cells.shape[0] and bool((positions.floor() == cells).all())
         return SD3Positions(table_embedding(patch_embed, coords), tuple(grid) if raster else None)
