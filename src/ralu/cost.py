@@ -1,6 +1,7 @@
-"""Analytic FLOPs of FLUX transformer calls and of whole sampling schedules (DESIGN.md §8).
+"""Analytic FLOPs of FLUX and SD3 transformer calls and of whole sampling schedules (DESIGN.md §8).
 
-Counts follow the block structure of diffusers' ``FluxTransformer2DModel``. A multiply-add is
+Counts follow the block structure of diffusers' ``FluxTransformer2DModel`` and
+``SD3Transformer2DModel`` (SD3 and SD3.5 blocks). A multiply-add is
 2 FLOPs. Counted: every linear layer (weights only; the bias add is elementwise) and the two
 attention matmuls ``QKᵀ`` and ``AV`` (``2·2·S²·d`` per block over ``S = n + m`` tokens).
 Not counted: elementwise work (activations, norms, modulation scale/shift/gate, residuals,
@@ -81,6 +82,93 @@ def flux_call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: i
     return float(embed + double * double_block + single * single_block + head)
 
 
+SD3_REQUIRED_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "joint_attention_dim",
+                     "pooled_projection_dim")
+
+
+def is_sd3_config(config: Mapping[str, Any]) -> bool:
+    """True for an SD3Transformer2DModel config (it has ``caption_projection_dim``; FLUX has single layers)."""
+    return config.get("_class_name") == "SD3Transformer2DModel" or (
+        "caption_projection_dim" in config and "num_single_layers" not in config)
+
+
+def sd3_call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: int = 333) -> float:
+    """FLOPs of one SD3Transformer2DModel forward for one sample (batch 1; CFG runs two).
+
+    image_tokens: n patch tokens (2x2 patches of the 8x latent: 4096 at 1024²); text_tokens: m
+    (77 CLIP + 256 T5 = 333 with the pipeline's defaults). Joint blocks: AdaLayerNormZero for each
+    stream (SD3.5's dual-attention blocks: 9d for the image stream), q/k/v/out per stream, joint
+    attention, GELU MLPs d → 4d → d per stream; the last block (``context_pre_only``) has no
+    context output, MLP or 6d modulation (a 2d AdaLayerNormContinuous instead). Dual-attention
+    layers add a second, image-only attention. Same counting rules as :func:`flux_call_flops`.
+    """
+    missing = [key for key in SD3_REQUIRED_KEYS if key not in config]
+    if missing:
+        raise ValueError(f"config lacks the transformer keys {missing}; needs {list(SD3_REQUIRED_KEYS)}")
+    n, m = _count("image_tokens", image_tokens), _count("text_tokens", text_tokens)
+    layers = _count("num_layers", config["num_layers"])
+    d = _count("num_attention_heads", config["num_attention_heads"]) * _count(
+        "attention_head_dim", config["attention_head_dim"])
+    context_width = config.get("caption_projection_dim") or d
+    if context_width != d:
+        raise ValueError(f"caption_projection_dim ({context_width}) must equal heads x head_dim ({d})")
+    in_channels = _count("in_channels", config["in_channels"])
+    out_channels = config.get("out_channels") or in_channels
+    patch = config.get("patch_size", 2)
+    dual = set(config.get("dual_attention_layers") or ())
+    s, hidden = n + m, MLP_RATIO * d
+
+    def linear(tokens: int, fan_in: int, fan_out: int) -> int:
+        return 2 * tokens * fan_in * fan_out
+
+    embed = (linear(n, in_channels * patch * patch, d) + linear(m, _count("joint_attention_dim", config["joint_attention_dim"]), d)
+             + linear(1, TIMESTEP_FEATURES, d) + linear(1, d, d)
+             + linear(1, _count("pooled_projection_dim", config["pooled_projection_dim"]), d) + linear(1, d, d))
+    total = embed
+    for index in range(layers):
+        last = index == layers - 1
+        block = linear(1, d, (9 if index in dual else 6) * d) + linear(1, d, (2 if last else 6) * d)
+        block += 3 * linear(n, d, d) + 3 * linear(m, d, d) + 2 * 2 * s * s * d + linear(n, d, d)
+        block += linear(n, d, hidden) + linear(n, hidden, d)
+        if not last:
+            block += linear(m, d, d) + linear(m, d, hidden) + linear(m, hidden, d)
+        if index in dual:
+            block += 4 * linear(n, d, d) + 2 * 2 * n * n * d
+        total += block
+    head = linear(1, d, 2 * d) + linear(n, d, patch * patch * out_channels)
+    return float(total + head)
+
+
+def call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: int) -> float:
+    """One transformer call of either family, chosen from the config (see :func:`is_sd3_config`)."""
+    if is_sd3_config(config):
+        return sd3_call_flops(config, image_tokens, text_tokens)
+    return flux_call_flops(config, image_tokens, text_tokens)
+
+
+def vae_decode_flops(vae_config: Mapping[str, Any], height: int, width: int) -> float:
+    """FLOPs of one AutoencoderKL decode to a ``height`` x ``width`` px image (batch 1).
+
+    The decoder is built on the meta device from its config and counted by torch's
+    FlopCounterMode (convolutions, matmuls, the mid-block attention): shapes only, no weights,
+    no memory. RALU's region selection decodes once at half resolution (H/2 x W/2).
+    Imports torch and diffusers (unlike the rest of this module).
+    """
+    import torch
+    from diffusers import AutoencoderKL
+    from torch.utils.flop_counter import FlopCounterMode
+
+    keys = {k: v for k, v in vae_config.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(keys)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    latents = torch.empty(1, vae.config.latent_channels, height // factor, width // factor, device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad(), torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        vae.decode(latents)
+    return float(counter.get_total_flops())
+
+
 def image_tokens(height: int, width: int, multiple: int = PIXELS_PER_TOKEN) -> int:
     """Packed FLUX image tokens of a ``height`` x ``width`` px image (16x16 px each).
 
@@ -146,9 +234,9 @@ def schedule_cost(
         raise ValueError(f"skipped must give, per stage, a count between 0 and the stage's steps {tuple(steps)}, "
                          f"got {skipped}")
     tokens = tuple(schedule.tokens_per_stage(full_tokens))
-    call_flops = tuple(flux_call_flops(model_config, n, text_tokens) for n in tokens)
-    flops = tuple((k - s) * f for k, s, f in zip(steps, skipped, call_flops))
-    return ScheduleCost(tuple(steps), tokens, call_flops, flops, skipped)
+    per_call = tuple(call_flops(model_config, n, text_tokens) for n in tokens)
+    flops = tuple((k - s) * f for k, s, f in zip(steps, skipped, per_call))
+    return ScheduleCost(tuple(steps), tokens, per_call, flops, skipped)
 
 
 @dataclass(frozen=True)
