@@ -179,8 +179,8 @@ class Baseline:
 
     steps: int = 50
     shift: float | None = None
-    sigmas: tuple[float, ...] | None = None
     name: str | None = field(default=None, compare=False)
+    sigmas: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.steps) or self.steps < 1:

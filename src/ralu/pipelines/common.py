@@ -71,8 +71,8 @@ def resolve_baseline_shift(config: RALUConfig | Baseline, scheduler_config, imag
         mu = calculate_shift(image_tokens, scheduler_config.get("base_image_seq_len", 256),
                              scheduler_config.get("max_image_seq_len", 4096), scheduler_config.get("base_shift", 0.5),
                              scheduler_config.get("max_shift", 1.15))
-        return Baseline(config.steps, math.exp(mu), config.name)
-    return Baseline(config.steps, float(scheduler_config.get("shift", 1.0)), config.name)
+        return Baseline(config.steps, math.exp(mu), name=config.name)
+    return Baseline(config.steps, float(scheduler_config.get("shift", 1.0)), name=config.name)
 
 
 def stage_progress(pipe):
