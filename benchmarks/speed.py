@@ -208,13 +208,15 @@ def overheads(args, transformer, vae) -> dict:
     return out
 
 
-def dense_noise_seconds(tokens: int, dim: int = 64, draws: int = 64) -> float:
-    """The reference's approach: block-diagonal covariance over tokens, one MultivariateNormal per channel."""
-    blocks = [torch.eye(4) - torch.ones(4, 4) / 6.317**2 + 1e-6] * (tokens // 4)
+def dense_noise_seconds(single: int, groups: int, noise_ratio: float, dim: int = 64) -> float:
+    """The reference's approach for one transition: a dense block-diagonal covariance over the new
+    sequence (identity for ``single`` tokens, I - 11ᵀ/Z² for ``groups`` groups of 4 copies) and one
+    MultivariateNormal per latent channel (``dim`` of them), each factorising the whole matrix."""
+    block = torch.eye(4) - torch.ones(4, 4) / noise_ratio**2 + 1e-6 * torch.eye(4)
     start = time.perf_counter()
-    cov = torch.block_diag(*blocks)
-    for _ in range(draws):
-        torch.distributions.MultivariateNormal(torch.zeros(tokens), covariance_matrix=cov).sample((1,))
+    cov = torch.block_diag(torch.eye(single), *[block] * groups)
+    for _ in range(dim):
+        torch.distributions.MultivariateNormal(torch.zeros(cov.shape[0]), covariance_matrix=cov).sample((1,))
     return time.perf_counter() - start
 
 
@@ -238,7 +240,9 @@ def noise_comparison(max_dense_px: int) -> list[dict]:
         row = dict(px=px, ours_s=_timed(ours))
         if px <= max_dense_px:
             # both transitions, as the reference draws them: stage-2 and stage-3 sequences
-            row["dense_mvn_s"] = dense_noise_seconds(config.tokens_per_stage(tokens)[1]) + dense_noise_seconds(tokens)
+            k, kept = selected.shape[1], tokens // 4 - selected.shape[1]
+            row["dense_mvn_s"] = (dense_noise_seconds(kept, k, config.noise_ratio)
+                                  + dense_noise_seconds(4 * k, kept, config.noise_ratio))
         rows.append(row)
     return rows
 
