@@ -111,6 +111,9 @@ def benchmark_methods(args) -> dict:
 
 
 def run_methods(args, transformer, vae, model_config) -> dict:
+    """Time every method (and, with ``--cache``, each with the TeaCache-style hook) alternately."""
+    from ralu.caching import TeaCacheConfig, apply_teacache, remove_teacache
+
     tokens_side = args.size // 16
     grid, text = (tokens_side, tokens_side), args.text_tokens
     gen = torch.Generator().manual_seed(0)
@@ -121,34 +124,42 @@ def run_methods(args, transformer, vae, model_config) -> dict:
                           guidance=torch.full([1], 3.5, device=args.device))
     noise = torch.randn(1, tokens_side**2, 64, generator=gen).to(**dev)
     methods = benchmark_methods(args)
+    runs = [(name, False) for name in methods] + ([(name, True) for name in methods] if args.cache is not None else [])
     full = schedule_cost(methods["baseline"], tokens_side**2, model_config, text).total
-    flops = {name: full / schedule_cost(cfg, tokens_side**2, model_config, text).total for name, cfg in methods.items()}
 
-    def once(cfg):
-        _sync(args.device)
-        start = time.perf_counter()
-        result = sample(adapter, noise, cfg, grid, generator=torch.Generator().manual_seed(1))
-        _sync(args.device)
-        return time.perf_counter() - start, result
+    def once(name, cached):
+        stats = apply_teacache(transformer, TeaCacheConfig(threshold=args.cache)) if cached else None
+        try:
+            _sync(args.device)
+            start = time.perf_counter()
+            result = sample(adapter, noise, methods[name], grid, generator=torch.Generator().manual_seed(1))
+            _sync(args.device)
+            return time.perf_counter() - start, result, stats
+        finally:
+            if cached:
+                remove_teacache(transformer)
 
     with torch.no_grad():
-        once(RALUConfig.preset("flux-dev-7x", steps=(1, 1, 1)))  # warm-up: every token count once
-        times = {name: [] for name in methods}
-        stages = {}
+        sample(adapter, noise, RALUConfig.preset("flux-dev-7x", steps=(1, 1, 1)), grid)  # warm-up: every token count
+        times = {run: [] for run in runs}
+        stages, skipped = {}, {}
         for rep in range(args.reps):
-            order = list(methods) if rep % 2 == 0 else list(reversed(methods))
-            for name in order:
-                seconds, result = once(methods[name])
-                times[name].append(seconds)
-                stages[name] = [round(s, 4) for s in result.stage_seconds]
-    base = statistics.median(times["baseline"])
+            for run in (runs if rep % 2 == 0 else list(reversed(runs))):
+                seconds, result, stats = once(*run)
+                times[run].append(seconds)
+                stages[run] = [round(t, 4) for t in result.stage_seconds]
+                if stats is not None:
+                    skipped[run] = stats.skipped_per_stage(tuple(st.steps for st in methods[run[0]].stages))
+    base = statistics.median(times[("baseline", False)])
     rows = {}
-    for name in methods:
-        med = statistics.median(times[name])
-        measured = base / med
-        rows[name] = dict(median_s=med, min_s=min(times[name]), max_s=max(times[name]), measured_speedup=measured,
-                          flops_speedup=flops[name], efficiency=measured / flops[name], stage_seconds=stages[name],
-                          calls=sum(s.steps for s in methods[name].stages))
+    for name, cached in runs:
+        config, med = methods[name], statistics.median(times[(name, cached)])
+        cost = schedule_cost(config, tokens_side**2, model_config, text, skipped.get((name, cached)))
+        label = f"{name}+teacache" if cached else name
+        rows[label] = dict(median_s=med, min_s=min(times[(name, cached)]), max_s=max(times[(name, cached)]),
+                           measured_speedup=base / med, flops_speedup=full / cost.total,
+                           efficiency=base / med / (full / cost.total), stage_seconds=stages[(name, cached)],
+                           calls=sum(st.steps for st in config.stages), skipped=list(cost.skipped))
     return rows
 
 
@@ -261,6 +272,9 @@ def main(argv=None) -> int:
                         help="largest size at which the reference's dense noise is timed (2048 takes very long)")
     parser.add_argument("--real-vae", action="store_true", help="also time a FLUX-architecture VAE decode (slow on CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cache", type=float, default=None, metavar="THRESHOLD",
+                        help="also run every method with the TeaCache-style hook at this threshold (FLUX coefficients); "
+                             "FLOPs then count the skipped calls (random weights: the skip pattern is illustrative)")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory per method (fresh processes)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, help="write speed.json here")
@@ -278,11 +292,12 @@ def main(argv=None) -> int:
           f"{args.size}x{args.size} px = {(args.size // 16) ** 2} image + {args.text_tokens} text tokens, "
           f"{str(args.dtype).replace('torch.', '')}; {machine}")
     rows = run_methods(args, transformer, vae, model_config)
-    print(f"\n{'method':<14}{'calls':>6}{'median s':>10}{'spread s':>16}{'measured':>10}{'FLOPs':>8}{'efficiency':>12}")
+    print(f"\n{'method':<24}{'calls':>6}{'skipped':>9}{'median s':>10}{'spread s':>16}{'measured':>10}{'FLOPs':>8}"
+          f"{'efficiency':>12}")
     for name, r in rows.items():
         spread = f"{r['min_s']:.2f}-{r['max_s']:.2f}"
-        print(f"{name:<14}{r['calls']:>6}{r['median_s']:>10.2f}{spread:>16}{r['measured_speedup']:>9.2f}x"
-              f"{r['flops_speedup']:>7.2f}x{r['efficiency']:>12.3f}")
+        print(f"{name:<24}{r['calls']:>6}{sum(r['skipped']):>9}{r['median_s']:>10.2f}{spread:>16}"
+              f"{r['measured_speedup']:>9.2f}x{r['flops_speedup']:>7.2f}x{r['efficiency']:>12.3f}")
     costs = overheads(args, transformer, vae)
     total_4x = rows.get("flux-dev-4x", {}).get("median_s")
     print("\nRALU overheads per generation (1024x1024 token counts: 4096 full, 1024 low):")
@@ -318,10 +333,11 @@ def markdown(record: dict) -> str:
              f"Model: FLUX-width transformer ({record['blocks'][0]} double + {record['blocks'][1]} single blocks, "
              f"hidden 3072), {record['size']}x{record['size']} px, {record['text_tokens']} text tokens, "
              f"{record['dtype'].replace('torch.', '')}", "",
-             "| method | calls | median s | min-max s | measured speedup | FLOPs speedup | efficiency |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| method | calls | skipped | median s | min-max s | measured speedup | FLOPs speedup | efficiency |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in record["methods"].items():
-        lines.append(f"| {name} | {r['calls']} | {r['median_s']:.2f} | {r['min_s']:.2f}-{r['max_s']:.2f} | "
+        lines.append(f"| {name} | {r['calls']} | {sum(r.get('skipped', []))} | {r['median_s']:.2f} | "
+                     f"{r['min_s']:.2f}-{r['max_s']:.2f} | "
                      f"{r['measured_speedup']:.2f}x | {r['flops_speedup']:.2f}x | {r['efficiency']:.3f} |")
     lines += ["", "RALU's own overheads per generation, at 1024x1024 token counts:", "", "| work | ms |", "| --- | --- |"]
     lines += [f"| {name} | {seconds * 1000:.2f} |" for name, seconds in record["overheads_s"].items()]
