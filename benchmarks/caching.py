@@ -60,9 +60,8 @@ def main(argv=None) -> int:
 
         inner_calls = []
         handle = tail.proj_out.register_forward_pre_hook(lambda m, a: inner_calls.append(1))
-        stats = None
         if cache == "teacache":
-            stats = apply_teacache(transformer, TeaCacheConfig(threshold=0.1, coefficients=IDENTITY_COEFFICIENTS))
+            apply_teacache(transformer, TeaCacheConfig(threshold=0.1, coefficients=IDENTITY_COEFFICIENTS))
         elif cache == "first_block":
             transformer.enable_cache(FirstBlockCacheConfig(threshold=0.05))
         try:

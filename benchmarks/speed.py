@@ -31,7 +31,7 @@ import torch
 from ralu import Baseline, RALUConfig, sample
 from ralu.adapters.flux import FluxAdapter
 from ralu.cost import schedule_cost
-from ralu.layout import MixedLayout, grid_positions, upsample_tokens
+from ralu.layout import MixedLayout, upsample_tokens
 from ralu.regions import edge_scores, latent_edge_scores
 from ralu.sampler import _renoise
 
@@ -329,7 +329,7 @@ def main(argv=None) -> int:
 
 def markdown(record: dict) -> str:
     """The results as markdown tables."""
-    lines = [f"# Speed benchmark", "", f"Command: `{record['command']}`  ", f"Machine: {record['machine']}  ",
+    lines = ["# Speed benchmark", "", f"Command: `{record['command']}`  ", f"Machine: {record['machine']}  ",
              f"Model: FLUX-width transformer ({record['blocks'][0]} double + {record['blocks'][1]} single blocks, "
              f"hidden 3072), {record['size']}x{record['size']} px, {record['text_tokens']} text tokens, "
              f"{record['dtype'].replace('torch.', '')}", "",

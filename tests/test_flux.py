@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
-from ralu import Baseline, RALUConfig, RALUFluxPipeline
+from ralu import Baseline, RALUFluxPipeline
 from ralu.adapters.flux import BatchedRopeFluxAttnProcessor, FluxAdapter
 from ralu.layout import grid_positions
 from ralu.sampler import Step

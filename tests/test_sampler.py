@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ralu import Baseline, RALUConfig, sample
-from ralu.layout import children_indices, grid_positions, upsample_tokens
+from ralu.layout import children_indices, upsample_tokens
 
 LOW = (8, 6)
 DIM = 64

@@ -29,8 +29,17 @@ class RALUPipelineOutput(BaseOutput):
     stage_steps: tuple[int, ...] = ()
 
 
-def resolve_config(config: RALUConfig | Baseline | str | None, default: str) -> RALUConfig | Baseline:
-    """``None`` → the default preset; a string → that preset; configs pass through."""
+def resolve_config(config: RALUConfig | Baseline | str | None, default: str,
+                   num_inference_steps: int | None = None) -> RALUConfig | Baseline:
+    """``None`` → the default preset; a string → that preset; configs pass through.
+
+    num_inference_steps: the stock pipelines' argument, accepted alone as ``Baseline(steps)``.
+    """
+    if num_inference_steps is not None:
+        if config is not None:
+            raise ValueError("pass either num_inference_steps (a baseline run) or config, not both: "
+                             "RALU's steps per stage are config.steps")
+        return Baseline(num_inference_steps)
     if config is None:
         return RALUConfig.preset(default)
     if isinstance(config, str):
@@ -54,6 +63,32 @@ def check_batch(batch: int, generator, latents: torch.Tensor | None, shape: tupl
                          f"(prompts x num_images_per_prompt) is {batch}")
     if latents is not None and tuple(latents.shape) != shape:
         raise ValueError(f"latents must have shape {shape} (batch, image tokens, channels), got {tuple(latents.shape)}")
+
+
+def effective_batch(prompt, prompt_embeds: torch.Tensor | None, num_images_per_prompt: int) -> int:
+    """Prompts x images per prompt, as the stock pipelines count them (after their check_inputs)."""
+    if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+    prompts = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
+    return prompts * num_images_per_prompt
+
+
+def step_callback(pipe, callback, tensor_inputs: list[str], tensors, update):
+    """The sampler's per-step hook in diffusers' ``callback_on_step_end(pipe, step, timestep, kwargs)`` form.
+
+    tensors: () → the tensors a callback may ask for besides ``latents`` (prompt embeddings);
+    update: takes the callback's returned dict, to swap in changed embeddings.
+    """
+
+    def on_step(step: int, sigma: torch.Tensor, x: torch.Tensor):
+        if callback is None:
+            return None
+        available = {"latents": x, **tensors()}
+        outputs = callback(pipe, step, sigma * 1000, {k: available[k] for k in tensor_inputs}) or {}
+        update(outputs)
+        return outputs.get("latents")
+
+    return on_step
 
 
 def check_output_type(output_type: str) -> None:

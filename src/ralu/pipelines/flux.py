@@ -11,8 +11,8 @@ from diffusers import FluxPipeline
 from ..adapters.flux import FluxAdapter
 from ..config import Baseline, RALUConfig
 from ..sampler import sample
-from .common import (check_batch, check_output_type, check_size, make_output, resolve_baseline_shift,
-                     resolve_config, stage_progress)
+from .common import (check_batch, check_output_type, check_size, effective_batch, make_output,
+                     resolve_baseline_shift, resolve_config, stage_progress, step_callback)
 
 
 class RALUFluxPipeline(FluxPipeline):
@@ -63,13 +63,8 @@ class RALUFluxPipeline(FluxPipeline):
         Returns a :class:`~ralu.pipelines.common.RALUPipelineOutput` (``images`` as FluxPipeline's,
         plus the selected ``regions`` and per-stage timings) or ``(images,)``.
         """
-        if num_inference_steps is not None:
-            if config is not None:
-                raise ValueError("pass either num_inference_steps (a baseline run) or config, not both: "
-                                 "RALU's steps per stage are config.steps")
-            config = Baseline(num_inference_steps)
         schnell = not self.transformer.config.guidance_embeds
-        config = resolve_config(config, "flux-schnell-2x" if schnell else self.default_preset)
+        config = resolve_config(config, "flux-schnell-2x" if schnell else self.default_preset, num_inference_steps)
         height = height or self.default_sample_size * self.vae_scale_factor
         width = width or self.default_sample_size * self.vae_scale_factor
         multiple = self.vae_scale_factor * (4 if isinstance(config, RALUConfig) else 2)
@@ -83,10 +78,7 @@ class RALUFluxPipeline(FluxPipeline):
                           negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
                           callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
                           max_sequence_length=max_sequence_length)
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
-        prompts = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
-        batch = prompts * num_images_per_prompt
+        batch = effective_batch(prompt, prompt_embeds, num_images_per_prompt)
         grid = (height // (self.vae_scale_factor * 2), width // (self.vae_scale_factor * 2))
         channels = self.transformer.config.in_channels
         check_batch(batch, generator, latents, (batch, grid[0] * grid[1], channels))
@@ -124,7 +116,9 @@ class RALUFluxPipeline(FluxPipeline):
                               negative=negative, true_cfg_scale=true_cfg_scale,
                               vae_scale_factor=self.vae_scale_factor)
         result = sample(adapter, latents, config, grid, generator=generator,
-                        callback=self._step_callback(adapter, callback_on_step_end, callback_on_step_end_tensor_inputs),
+                        callback=step_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                               lambda: {"prompt_embeds": adapter.cond[0]},
+                                               lambda out: self._update_embeds(adapter, out)),
                         interrupt=lambda: self.interrupt, progress=stage_progress(self),
                         step_start=lambda step: setattr(self, "_current_timestep", step.sigma * 1000))
         self._current_timestep = None
@@ -136,16 +130,7 @@ class RALUFluxPipeline(FluxPipeline):
         self.maybe_free_model_hooks()
         return make_output(images, result, return_dict)
 
-    def _step_callback(self, adapter: FluxAdapter, callback, tensor_inputs: list[str]):
-        """Adapt the sampler's per-step hook to diffusers' ``callback_on_step_end`` convention."""
-
-        def on_step(step: int, sigma: torch.Tensor, x: torch.Tensor):
-            if callback is None:
-                return None
-            available = {"latents": x, "prompt_embeds": adapter.cond[0]}
-            outputs = callback(self, step, sigma * 1000, {k: available[k] for k in tensor_inputs}) or {}
-            if "prompt_embeds" in outputs:
-                adapter.cond = (outputs["prompt_embeds"],) + adapter.cond[1:]
-            return outputs.get("latents")
-
-        return on_step
+    @staticmethod
+    def _update_embeds(adapter: FluxAdapter, outputs: dict) -> None:
+        if "prompt_embeds" in outputs:
+            adapter.cond = (outputs["prompt_embeds"],) + adapter.cond[1:]

@@ -14,7 +14,8 @@ from ..adapters.sd3 import SD3Adapter
 from ..config import Baseline, RALUConfig
 from ..layout import latent_to_tokens, tokens_to_latent
 from ..sampler import sample
-from .common import check_batch, check_output_type, check_size, make_output, resolve_config, stage_progress
+from .common import (check_batch, check_output_type, check_size, effective_batch, make_output, resolve_config,
+                     stage_progress, step_callback)
 
 
 def scheduler_baseline(config: Baseline, scheduler, image_tokens: int, device) -> Baseline:
@@ -96,12 +97,7 @@ class RALUStableDiffusion3Pipeline(StableDiffusion3Pipeline):
                              "(their extra transformer calls assume one full-resolution latent image)")
         if joint_attention_kwargs and "ip_adapter_image_embeds" in joint_attention_kwargs:
             raise ValueError("joint_attention_kwargs['ip_adapter_image_embeds']: IP-Adapter is not supported with RALU")
-        if num_inference_steps is not None:
-            if config is not None:
-                raise ValueError("pass either num_inference_steps (a baseline run) or config, not both: "
-                                 "RALU's steps per stage are config.steps")
-            config = Baseline(num_inference_steps)
-        config = resolve_config(config, self.default_preset)
+        config = resolve_config(config, self.default_preset, num_inference_steps)
         height = height or self.default_sample_size * self.vae_scale_factor
         width = width or self.default_sample_size * self.vae_scale_factor
         patch = self.transformer.config.patch_size
@@ -123,10 +119,7 @@ class RALUStableDiffusion3Pipeline(StableDiffusion3Pipeline):
                           negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
                           callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
                           max_sequence_length=max_sequence_length)
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
-        prompts = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
-        batch = prompts * num_images_per_prompt
+        batch = effective_batch(prompt, prompt_embeds, num_images_per_prompt)
         channels = self.transformer.config.in_channels
         latent_shape = (batch, channels, grid[0] * patch, grid[1] * patch)
         check_batch(batch, generator, None, ())
@@ -160,7 +153,10 @@ class RALUStableDiffusion3Pipeline(StableDiffusion3Pipeline):
                              guidance_scale=guidance_scale, joint_attention_kwargs=self._joint_attention_kwargs,
                              table_positions=config.table_positions if ralu else "low_grid")
         result = sample(adapter, tokens, config, grid, generator=generator,
-                        callback=self._step_callback(adapter, callback_on_step_end, callback_on_step_end_tensor_inputs),
+                        callback=step_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                               lambda: {"prompt_embeds": adapter.prompt_embeds,
+                                                        "pooled_prompt_embeds": adapter.pooled_prompt_embeds},
+                                               lambda out: self._update_embeds(adapter, out)),
                         interrupt=lambda: self.interrupt, progress=stage_progress(self),
                         step_start=lambda step: setattr(self, "_current_timestep", step.sigma * 1000))
         self._current_timestep = None
@@ -173,17 +169,7 @@ class RALUStableDiffusion3Pipeline(StableDiffusion3Pipeline):
         self.maybe_free_model_hooks()
         return make_output(images, result, return_dict)
 
-    def _step_callback(self, adapter: SD3Adapter, callback, tensor_inputs: list[str]):
-        """Adapt the sampler's per-step hook to diffusers' ``callback_on_step_end`` convention."""
-
-        def on_step(step: int, sigma: torch.Tensor, x: torch.Tensor):
-            if callback is None:
-                return None
-            available = {"latents": x, "prompt_embeds": adapter.prompt_embeds,
-                         "pooled_prompt_embeds": adapter.pooled_prompt_embeds}
-            outputs = callback(self, step, sigma * 1000, {k: available[k] for k in tensor_inputs}) or {}
-            adapter.prompt_embeds = outputs.get("prompt_embeds", adapter.prompt_embeds)
-            adapter.pooled_prompt_embeds = outputs.get("pooled_prompt_embeds", adapter.pooled_prompt_embeds)
-            return outputs.get("latents")
-
-        return on_step
+    @staticmethod
+    def _update_embeds(adapter: SD3Adapter, outputs: dict) -> None:
+        adapter.prompt_embeds = outputs.get("prompt_embeds", adapter.prompt_embeds)
+        adapter.pooled_prompt_embeds = outputs.get("pooled_prompt_embeds", adapter.pooled_prompt_embeds)
