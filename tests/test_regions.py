@@ -93,3 +93,17 @@ def test_latent_region_source_skips_the_decode():
     config = RALUConfig.preset("flux-dev-7x", region_source="latent", up_ratio=0.25)
     result = sample(NoDecode(), noise, config, (8, 8))
     assert result.layout.selected.shape == (1, 4)
+
+
+def test_without_canny_edges_the_strongest_gradients_win():
+    # a faint ramp: no Canny edge anywhere, but the gradient lives in the middle column of tokens
+    img = torch.full((1, 3, 64, 64), -0.5)
+    ramp = torch.linspace(-0.5, -0.3, 16)
+    img[..., :, 16:32] = ramp
+    img[..., :, 32:] = -0.3
+    scores = edge_scores(img, (4, 4))
+    assert (scores < 1).all() and scores.max() > 0  # no Canny edge pixel, a gradient term
+    chosen = select_tokens(scores, 4, (4, 4))[0].tolist()
+    assert sorted(chosen) == [1, 5, 9, 13]  # column 1: the ramp
+    # a Canny edge still outranks any gradient term
+    assert edge_scores(square_image(-1.0, 1.0), (4, 4)).view(4, 4)[1, 1] >= 1

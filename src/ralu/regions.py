@@ -34,6 +34,10 @@ def edge_scores(images: torch.Tensor, grid: tuple[int, int], clip_unit: bool = F
 
     grid: (h, w) low-res token grid; each token's footprint is (H/h) × (W/w) pixels
     (16×16 for FLUX and SD3 at the low resolution).
+    The integer part is the paper's score, the edge-pixel count. A fraction below 0.5 adds the
+    token's share of the image's Sobel gradient energy, which only orders tokens with equal counts:
+    on smooth decodes Canny (thresholds 100/200) can find no edge at all, and the choice then
+    follows the strongest gradients instead of an arbitrary tie-break.
     """
     import cv2
 
@@ -43,8 +47,13 @@ def edge_scores(images: torch.Tensor, grid: tuple[int, int], clip_unit: bool = F
         raise ValueError(f"image size {height}x{width} is not a multiple of the token grid {h}x{w}")
     gray = to_gray_uint8(images, clip_unit)
     edges = np.stack([cv2.Canny(g, *CANNY_THRESHOLDS) for g in gray]).astype(np.float32) / 255.0
-    counts = torch.from_numpy(edges).view(batch, h, height // h, w, width // w).sum(dim=(2, 4))
-    return counts.flatten(1)
+    gradient = np.stack([np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1)) for g in gray])
+
+    def per_token(pixels: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(pixels).view(batch, h, height // h, w, width // w).sum(dim=(2, 4)).flatten(1)
+
+    energy = per_token(gradient)
+    return per_token(edges) + 0.49 * energy / (energy.amax(dim=1, keepdim=True) + 1e-6)
 
 
 def latent_edge_scores(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -68,15 +77,16 @@ def latent_edge_scores(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Ten
 def select_tokens(scores: torch.Tensor, count: int, grid: tuple[int, int]) -> torch.Tensor:
     """Indices of the ``count`` highest-scoring tokens per sample: scores (B, h·w) → (B, count) sorted.
 
-    Ties (e.g. the many tokens without any edge) are broken deterministically: first by the
-    edge count of the 3×3 token neighbourhood (tokens next to edges come first), then by index.
-    The reference breaks ties with global random noise instead.
+    Exact ties (e.g. flat regions, where even the gradient term of :func:`edge_scores` is zero)
+    are broken deterministically: first by the score of the 3×3 token neighbourhood (tokens next
+    to edges come first), then by index. The reference breaks ties with global random noise.
     """
     batch = scores.shape[0]
     if count == 0:
         return torch.zeros(batch, 0, dtype=torch.long, device=scores.device)
     maps = scores.view(batch, 1, *grid).double()
     neighbourhood = F.avg_pool2d(maps, 3, stride=1, padding=1, count_include_pad=False).flatten(1)
-    key = scores.double() + 0.5 * neighbourhood / (neighbourhood.amax(dim=1, keepdim=True) + 1.0)
+    # small enough never to reorder distinct scores (edge_scores' fractions are float32 multiples of ~1e-7)
+    key = scores.double() + 1e-9 * neighbourhood / (neighbourhood.amax(dim=1, keepdim=True) + 1.0)
     order = torch.argsort(key, dim=1, descending=True, stable=True)
     return order[:, :count].sort(dim=1).values
