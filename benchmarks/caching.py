@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
               f"{r['temporal']:>9.2f}x{r['total']:>7.2f}x{r['psnr_vs_baseline']:>9.2f}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        record = dict(command="python benchmarks/caching.py " + " ".join(argv or []), rows=rows)
+        record = dict(command="python benchmarks/caching.py " + " ".join(sys.argv[1:] if argv is None else argv), rows=rows)
         (args.out / "caching.json").write_text(json.dumps(record, indent=2))
     return 0
 

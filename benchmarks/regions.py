@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import statistics
 import time
 from pathlib import Path
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
         for a, b in zip(decoded, latent):
             ious.append(iou(a, b, tokens))
             chance.append(iou(a, torch.randperm(tokens, generator=gen)[:k], tokens))
-    record = dict(command="python benchmarks/regions.py " + " ".join(argv or []), preset=args.preset, images=len(ious),
+    record = dict(command="python benchmarks/regions.py " + " ".join(sys.argv[1:] if argv is None else argv), preset=args.preset, images=len(ious),
                   selected=k, low_tokens=tokens, iou_mean=statistics.mean(ious), iou_median=statistics.median(ious),
                   chance_iou_mean=statistics.mean(chance), decoded_canny_s=statistics.median(t_decoded),
                   latent_sobel_s=statistics.median(t_latent))
