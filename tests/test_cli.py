@@ -79,10 +79,19 @@ def test_generate_invalid_size(tiny_model, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_demo_quick(capsys):
-    assert main(["demo", "--quick"]) == 0
+def test_random_demo_quick(capsys):
+    assert main(["demo", "--random", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "RANDOM" in out and "speedup" in out and "FLOPs speedup" in out
     rows = [line.split() for line in out.splitlines() if line.startswith(("baseline", "flux-dev-"))]
     assert [row[0] for row in rows] == ["baseline", "flux-dev-4x", "flux-dev-7x"]
     assert rows[0][-1] == "1.00x" and rows[0][-2] == "1.00x"
+
+
+def test_bench_speed_runs_the_benchmark_script(capsys, tmp_path):
+    argv = ["bench", "--speed", "--size", "64", "--reps", "1", "--baseline-steps", "2", "--presets", "flux-dev-7x",
+            "--double", "1", "--single", "0", "--dense-noise-max-px", "0", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "efficiency" in out and "flux-dev-7x" in out and "correlated noise" in out
+    assert (tmp_path / "speed.json").is_file() and (tmp_path / "speed.md").is_file()

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import Baseline, RALUConfig
-from .cost import FLUX_DEV_CONFIG, image_tokens, schedule_cost, speedup
+from .cost import combined_speedup, image_tokens, schedule_cost, speedup
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -33,7 +33,8 @@ class UsageError(Exception):
 
 
 def _add_schedule_options(parser: argparse.ArgumentParser, baseline: bool) -> None:
-    group = parser.add_argument_group("schedule (default: the flux-dev-4x preset)")
+    default = "the pipeline's: flux-dev-4x for FLUX.1-dev, sd3-2x for SD3" if baseline else "the flux-dev-4x preset"
+    group = parser.add_argument_group(f"schedule (default: {default})")
     group.add_argument("--preset", choices=sorted(RALUConfig.PRESETS), help="a named RALU preset")
     group.add_argument("--steps", type=int, nargs=3, metavar=("N1", "N2", "N3"), help="model calls per stage")
     group.add_argument("--ends", type=float, nargs=3, metavar=("E1", "E2", "E3"),
@@ -49,8 +50,9 @@ def _add_schedule_options(parser: argparse.ArgumentParser, baseline: bool) -> No
                            help="run the stock single-resolution schedule with STEPS calls instead of RALU")
 
 
-def _config_from_args(args: argparse.Namespace) -> RALUConfig | Baseline:
-    """The schedule the options describe; raises UsageError or ValueError on invalid input."""
+def _config_from_args(args: argparse.Namespace, default: str = "flux-dev-4x") -> RALUConfig | Baseline:
+    """The schedule the options describe (``default``: the preset when none is chosen);
+    raises UsageError or ValueError on invalid input."""
     custom = [f"--{name.replace('_', '-')}" for name in ("steps", "ends", "up_ratio")
               if getattr(args, name) is not None]
     solver = {} if args.base_shift is None else {"base_shift": args.base_shift}
@@ -76,25 +78,55 @@ def _config_from_args(args: argparse.Namespace) -> RALUConfig | Baseline:
                           **solver, **overrides)
     if solver:  # the preset's shifts and Z were solved for base shift 3.0: solve again unless given
         overrides = {"shifts": None, "noise_ratio": None, **solver, **overrides}
-    return RALUConfig.preset(args.preset or "flux-dev-4x", **overrides)
+    return RALUConfig.preset(args.preset or default, **overrides)
 
 
 def _format_tokens(tokens: Sequence[int]) -> str:
     return " / ".join(str(n) for n in tokens)
 
 
+# Shipped transformer configs (ralu/data/configs) and each model family's stock defaults:
+# baseline steps and text tokens per call (T5 512 for FLUX.1-dev, 256 for schnell; 77 CLIP + 256 T5 for SD3).
+MODELS = {"flux-dev": (50, 512), "flux-schnell": (4, 256), "sd3-medium": (28, 333), "sd3.5-medium": (40, 333),
+          "sd3.5-large": (28, 333)}
+
+
+def _model_for(config: RALUConfig, requested: str | None) -> str:
+    if requested is not None:
+        return requested
+    if (config.name or "").startswith("sd3"):
+        return "sd3-medium"
+    return "flux-schnell" if config.base_shift == 1.0 else "flux-dev"
+
+
+def _load_model_config(name: str) -> dict:
+    import json
+    from importlib import resources
+
+    if name in MODELS:
+        return json.loads(resources.files("ralu").joinpath("data", "configs", f"{name}.json").read_text())
+    path = Path(name)
+    if not path.is_file():
+        raise UsageError(f"--model must be one of {sorted(MODELS)} or a transformer config.json, got {name!r}")
+    return json.loads(path.read_text())
+
+
 def cmd_schedule(args: argparse.Namespace) -> int:
     config = _config_from_args(args)  # `schedule` has no --baseline: always a RALUConfig
+    model = _model_for(config, args.model)
+    model_config = _load_model_config(model)
+    steps_default, text_default = MODELS.get(model, (50, 512))
+    args.baseline_steps = args.baseline_steps or steps_default
+    args.text_tokens = args.text_tokens or text_default
     full = image_tokens(args.height, args.width, multiple=32)
-    cost = schedule_cost(config, full, text_tokens=args.text_tokens)
-    base = schedule_cost(Baseline(args.baseline_steps), full, text_tokens=args.text_tokens)
+    cost = schedule_cost(config, full, model_config, text_tokens=args.text_tokens, skipped=args.skipped)
+    base = schedule_cost(Baseline(args.baseline_steps), full, model_config, text_tokens=args.text_tokens)
     print(config.describe())
     print(f"  restarts s = ({', '.join(f'{s:.4f}' for s in config.restarts)})  "
           f"c = 1/Z^2 = {config.noise_ratio ** -2:.4f}  "
           f"base shift h0 = {config.base_shift:g}")
     print(f"  {args.width}x{args.height} px: {full} image tokens at full resolution, {args.text_tokens} text tokens; "
-          f"FLUX.1-dev transformer ({FLUX_DEV_CONFIG['num_layers']} double + "
-          f"{FLUX_DEV_CONFIG['num_single_layers']} single blocks)")
+          f"transformer: {model} ({model_config.get('_class_name', 'config.json')})")
     print()
     header = f"{'stage':<7}{'resolution':<12}{'shift':>7}{'steps':>7}  {'sigma first -> last':<20}" \
              f"{'image tokens':>13}{'TFLOPs':>10}{'share':>8}"
@@ -107,8 +139,14 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     print(f"{'total':<19}{'':>7}{sum(cost.steps):>7}  {'':<20}{'':>13}{cost.total / 1e12:>10.1f}{1:>8.0%}")
     print()
     print(f"baseline: {args.baseline_steps} steps x {full} tokens = {base.total / 1e12:.1f} TFLOPs")
-    print(f"analytic transformer speedup: {base.total / cost.total:.2f}x "
-          f"(transformer FLOPs only; text encoders and VAE decodes are extra)")
+    if args.skipped is None:
+        print(f"analytic transformer speedup: {base.total / cost.total:.2f}x "
+              f"(transformer FLOPs only; text encoders and VAE decodes are extra)")
+        return 0
+    combined = combined_speedup(config, full, args.skipped, args.baseline_steps, model_config, args.text_tokens)
+    print(f"with {sum(args.skipped)} of {sum(cost.steps)} calls skipped by a cache (per stage {tuple(args.skipped)}):")
+    print(f"  spatial (RALU) {combined.spatial:.2f}x  x  temporal (cache) {combined.temporal:.2f}x  "
+          f"=  {combined.total:.2f}x transformer FLOPs speedup")
     return 0
 
 
@@ -151,25 +189,45 @@ def _print_stages(output) -> None:
         print(f"  stage {k + 1}: {steps:>3} steps  {tokens:>6} image tokens  {seconds:8.2f} s")
 
 
+def _pipeline_class(model: str):
+    """The RALU pipeline for a model folder or hub id, from the ``_class_name`` of its model_index.json."""
+    from diffusers import DiffusionPipeline
+
+    from .pipelines.flux import RALUFluxPipeline
+    from .pipelines.sd3 import RALUStableDiffusion3Pipeline
+
+    name = DiffusionPipeline.load_config(model).get("_class_name", "")
+    for family, pipeline_class in (("StableDiffusion3", RALUStableDiffusion3Pipeline), ("Flux", RALUFluxPipeline)):
+        if name.startswith(family) or name.startswith(f"RALU{family}"):
+            return pipeline_class
+    raise UsageError(f"{model} is a {name or 'pipeline without _class_name'}; ralu generate runs FLUX "
+                     f"(FluxPipeline) and SD3/SD3.5 (StableDiffusion3Pipeline) models")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    config = _config_from_args(args)
+    _config_from_args(args)  # invalid schedule options fail before anything loads
     if args.output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise UsageError(f"--output must end in .png, .jpg, .jpeg or .webp, got {str(args.output)!r}")
     args.output.parent.mkdir(parents=True, exist_ok=True)  # fail before the model loads, not after the run
     import torch
 
-    from .pipelines.flux import RALUFluxPipeline
-
+    pipeline_class = _pipeline_class(args.model)
+    options = ("preset", "steps", "ends", "up_ratio", "shifts", "noise_ratio", "base_shift", "baseline")
+    # no schedule option: the pipeline picks its default for the loaded model (e.g. FLUX.1-schnell's)
+    config = None
+    if any(getattr(args, name) is not None for name in options):
+        config = _config_from_args(args, default=pipeline_class.default_preset)
     device = _resolve_device(args.device)
     dtype = _resolve_dtype(args.dtype, device)
     start = time.perf_counter()
-    pipe = RALUFluxPipeline.from_pretrained(args.model, **_dtype_argument(dtype)).to(device)
+    pipe = pipeline_class.from_pretrained(args.model, **_dtype_argument(dtype)).to(device)
     print(f"loaded {args.model} on {device} ({str(dtype).removeprefix('torch.')}) in "
           f"{time.perf_counter() - start:.1f} s")
-    print(config.describe())
+    print(config.describe() if config is not None else f"schedule: {pipeline_class.__name__}'s default preset")
     generator = torch.Generator("cpu").manual_seed(args.seed)
     start = time.perf_counter()
-    output = pipe(args.prompt, height=args.height, width=args.width, guidance_scale=args.guidance,
+    guidance = {} if args.guidance is None else {"guidance_scale": args.guidance}
+    output = pipe(args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width, **guidance,
                   num_images_per_prompt=args.num_images, generator=generator, config=config)
     total = time.perf_counter() - start
     _print_stages(output)
@@ -188,12 +246,72 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.random:
+        return _random_timing_demo(args)
+    import numpy as np
+    import torch
+
+    from . import toy
+    from .shapes import check_prompt, parse_caption
+
+    prompts = toy.DEMO_PROMPTS[:2] if args.quick else toy.DEMO_PROMPTS
+    seeds = list(range(len(prompts)))
+    steps = 8 if args.quick else (args.steps or 50)
+    quick_steps = dict(steps=(1, 1, 2)) if args.quick else {}
+    model = toy.load_toy()
+    args.guidance = toy.DEFAULT_GUIDANCE if args.guidance is None else args.guidance
+    print(f"RALU demo on the shipped toy model: a {sum(p.numel() for p in model.transformer.parameters()) / 1e6:.1f} M "
+          f"parameter FluxTransformer2DModel trained on coloured shapes (ralu.toy), "
+          f"{toy.RESOLUTION}x{toy.RESOLUTION} px, "
+          f"{torch.get_num_threads()} CPU threads, guidance {args.guidance:g}")
+    baseline = Baseline(steps, toy.BASE_SHIFT, name=f"baseline {steps}")
+    presets = [RALUConfig.preset(name, **quick_steps) for name in ("flux-dev-4x", "flux-dev-7x")]
+    full, text = toy.token_grid()[0] * toy.token_grid()[1], toy.MAX_WORDS
+    model_config = dict(model.transformer.config)
+    matched = max(1, round(steps / speedup(presets[0], full, steps, model_config, text)))
+    methods = [baseline, presets[0], Baseline(matched, toy.BASE_SHIFT, name=f"baseline {matched}"), presets[1]]
+    toy.generate(model, prompts[:1], seeds[:1], RALUConfig.preset("flux-dev-4x", steps=(1, 1, 1)))  # warm-up
+    rows, table = [], []
+    for config in methods:
+        start = time.perf_counter()
+        images, result = toy.generate(model, prompts, seeds, config, args.guidance)
+        seconds = time.perf_counter() - start
+        pictures = toy.to_uint8(images)
+        regions = None if result.layout is None else result.layout.mask().cpu().numpy()
+        label = config.name + ("" if result.layout is None else f" (r={config.up_ratio:g})")
+        rows.append((label, pictures, regions))
+        checks = [check_prompt(p.astype(np.float32) / 255, parse_caption(c))["all"] for p, c in zip(pictures, prompts)]
+        table.append((config.name, result.model_calls, _format_tokens(result.stage_tokens), seconds,
+                      speedup(config, full, steps, model_config, text), pictures, float(np.mean(checks))))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    toy.comparison_grid(rows, prompts).save(args.output)
+    header = (f"{'method':<14}{'calls':>6}  {'tokens per stage':<17}{'wall s':>8}{'speedup':>9}{'FLOPs speedup':>15}"
+              f"{'PSNR vs base':>14}{'prompt ok':>11}")
+    print()
+    print(header)
+    print("-" * len(header))
+    base_seconds, base_pictures = table[0][3], table[0][5]
+    for name, calls, tokens, seconds, flops, pictures, ok in table:
+        psnr = toy.psnr(pictures, base_pictures)
+        print(f"{name:<14}{calls:>6}  {tokens:<17}{seconds:>8.2f}{base_seconds / seconds:>8.2f}x{flops:>14.2f}x"
+              f"{'inf' if psnr == float('inf') else f'{psnr:.1f} dB':>14}{ok:>11.0%}")
+    print()
+    print(f"{len(prompts)} prompts in one batch per method. speedup: measured wall time of the batch vs the baseline; "
+          f"FLOPs speedup: cost.py's transformer count for this model. PSNR: mean over the prompts against the "
+          f"baseline's image of the same prompt and seed. prompt ok: share of images whose colours, shapes and "
+          f"relation the data generator reads back as asked (ralu.shapes.check_prompt). RALU images: selected "
+          f"upsampling regions outlined in cyan.")
+    print(f"saved {args.output}")
+    return 0
+
+
+def _random_timing_demo(args: argparse.Namespace) -> int:
     import torch
 
     from .pipelines.flux import RALUFluxPipeline
     from .tiny import tiny_flux_components
 
-    size, steps = (64, 20) if args.quick else (args.size, args.steps)
+    size, steps = (64, 20) if args.quick else (args.size, args.steps or 50)
     full = image_tokens(size, size, multiple=32)
     text_tokens = max(1, full // DEMO_IMAGE_TO_TEXT)
     pipe = RALUFluxPipeline(**tiny_flux_components(seed=0, **DEMO_TRANSFORMER))
@@ -235,26 +353,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_benchmark(name: str, argv: list[str]) -> int:
+    """Run ``benchmarks/<name>.py`` of a source checkout with ``argv`` (the benchmarks are not installed)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    if not script.is_file():
+        raise UsageError(f"ralu bench runs benchmarks/{name}.py of a source checkout; not found at {script}")
+    spec = importlib.util.spec_from_file_location(f"ralu_benchmark_{name}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+def cmd_quality(args: argparse.Namespace) -> int:
+    argv = [f"--{name}={getattr(args, name)}" for name in ("out", "prompts", "seeds", "guidance", "model")
+            if getattr(args, name) is not None]
+    return _run_benchmark("quality", argv)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    return _run_benchmark(args.which, list(args.rest))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ralu", description="Region-Adaptive Latent Upsampling for FLUX.")
+    parser = argparse.ArgumentParser(prog="ralu", description="Region-Adaptive Latent Upsampling for FLUX and SD3.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     schedule = commands.add_parser("schedule", help="show a schedule's stages and analytic cost")
     _add_schedule_options(schedule, baseline=False)
     schedule.add_argument("--height", type=int, default=1024)
     schedule.add_argument("--width", type=int, default=1024)
-    schedule.add_argument("--text-tokens", type=int, default=512, help="T5 tokens per call (default 512)")
-    schedule.add_argument("--baseline-steps", type=int, default=50, help="baseline model calls (default 50)")
+    schedule.add_argument("--model", help=f"transformer for the cost: one of {sorted(MODELS)} or a config.json path "
+                                          "(default: from the preset, flux-dev otherwise)")
+    schedule.add_argument("--text-tokens", type=int, default=None,
+                          help="text tokens per call (default: the model's, 512 for FLUX.1-dev)")
+    schedule.add_argument("--skipped", type=int, nargs=3, metavar=("S1", "S2", "S3"),
+                          help="calls per stage a temporal cache skipped (e.g. counted by TeaCacheStats): "
+                               "report spatial x temporal speedups")
+    schedule.add_argument("--baseline-steps", type=int, default=None,
+                          help="baseline model calls (default: the model's, 50 for FLUX.1-dev, 28 for SD3)")
     schedule.set_defaults(handler=cmd_schedule)
 
-    generate = commands.add_parser("generate", help="generate images with a FLUX model")
-    generate.add_argument("model", help="hub id or local folder of a FLUX pipeline")
+    generate = commands.add_parser("generate", help="generate images with a FLUX or SD3/SD3.5 model")
+    generate.add_argument("model", help="hub id or local folder of a FLUX or SD3/SD3.5 pipeline")
     generate.add_argument("--prompt", required=True)
     _add_schedule_options(generate, baseline=True)
     generate.add_argument("--height", type=int, help="px (default: the model's, 1024 for FLUX.1)")
     generate.add_argument("--width", type=int, help="px (default: the model's, 1024 for FLUX.1)")
     generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--guidance", type=float, default=3.5, help="embedded guidance scale (default 3.5)")
+    generate.add_argument("--guidance", type=float,
+                          help="guidance scale (default: the pipeline's, 3.5 embedded for FLUX, 7.0 CFG for SD3)")
+    generate.add_argument("--negative-prompt", help="negative prompt (SD3 guidance; FLUX uses it only with true CFG)")
     generate.add_argument("--num-images", type=int, default=1)
     generate.add_argument("--dtype", choices=DTYPES, default="auto",
                           help="default: float32 on cpu, bfloat16 elsewhere")
@@ -262,11 +412,37 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--output", type=Path, required=True, help="image path; more images get _1, _2 ...")
     generate.set_defaults(handler=cmd_generate)
 
-    demo = commands.add_parser("demo", help="offline timing demo on a random-weight FLUX-shaped model")
-    demo.add_argument("--size", type=int, default=384, help="image side in px, a multiple of 32 (default 384)")
-    demo.add_argument("--steps", type=int, default=50, help="baseline model calls (default 50)")
-    demo.add_argument("--quick", action="store_true", help="tiny size and steps, for a smoke test")
+    demo = commands.add_parser("demo", help="offline demo: baseline vs RALU on the shipped toy model, "
+                                            "one comparison PNG")
+    demo.add_argument("--output", type=Path, default=Path("ralu_demo.png"), help="grid PNG (default ralu_demo.png)")
+    demo.add_argument("--steps", type=int, help="baseline model calls (default 50)")
+    demo.add_argument("--guidance", type=float,
+                      help="classifier-free guidance scale of the toy model (default: ralu.toy.DEFAULT_GUIDANCE)")
+    demo.add_argument("--quick", action="store_true", help="few prompts and steps, for a smoke test")
+    demo.add_argument("--random", action="store_true",
+                      help="instead: the timing-only demo on a random-weight FLUX-shaped pipeline")
+    demo.add_argument("--size", type=int, default=384, help="--random only: image side in px (default 384)")
     demo.set_defaults(handler=cmd_demo)
+
+    quality = commands.add_parser("quality", help="quality benchmark at matched cost on the toy model "
+                                                  "(runs benchmarks/quality.py of a source checkout)")
+    quality.add_argument("--out", default="docs", help="folder for quality.md, quality.json (default docs)")
+    quality.add_argument("--prompts", default="32", help="captions (default 32)")
+    quality.add_argument("--seeds", default="2", help="seeds per caption (default 2)")
+    quality.add_argument("--guidance", help="classifier-free guidance scale (default: ralu.toy.DEFAULT_GUIDANCE)")
+    quality.add_argument("--model", help="a saved toy model folder (default: the shipped one)")
+    quality.set_defaults(handler=cmd_quality)
+
+    bench = commands.add_parser("bench", help="run a benchmark of a source checkout: --speed, --quality, "
+                                              "--regions or --caching, then the benchmark's own options")
+    which = bench.add_mutually_exclusive_group(required=True)
+    for name, text in (("speed", "RALU vs baseline wall time, FLOPs ratio, efficiency, overheads (benchmarks/speed.py)"),
+                       ("quality", "quality at matched cost on the toy model (benchmarks/quality.py)"),
+                       ("regions", "decode-free vs Canny region choice, IoU (benchmarks/regions.py)"),
+                       ("caching", "RALU x temporal caches on the toy model (benchmarks/caching.py)")):
+        which.add_argument(f"--{name}", dest="which", action="store_const", const=name, help=text)
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark, e.g. --size 1024")
+    bench.set_defaults(handler=cmd_bench)
     return parser
 
 
@@ -274,7 +450,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``ralu`` command; returns the exit code (2 for invalid input)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        # `ralu bench --speed --size 1024 ...` hands the options after the choice to the benchmark
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "bench":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.command == "bench":
+            args.rest = list(extra) + list(args.rest)
     except SystemExit as stop:  # argparse has printed its usage error (or --help)
         return stop.code if isinstance(stop.code, int) else 2
     try:

@@ -1,0 +1,104 @@
+"""The shipped toy model: its codec, its loading from package data, sampling, the demo."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ralu import Baseline, RALUConfig, shapes, toy
+from ralu.cli import main
+from ralu.layout import MixedLayout, upsample_tokens
+
+
+def test_haar_is_orthonormal_and_its_own_inverse():
+    assert torch.allclose(toy.HAAR @ toy.HAAR.T, torch.eye(4), atol=1e-7)
+    assert torch.equal(toy.HAAR, toy.HAAR.T)
+
+
+def test_codec_round_trip_and_a_constant_image():
+    images = torch.from_numpy(shapes.render_batch(shapes.scenes(0, 3), 64))
+    tokens = toy.encode_images(images)
+    assert tokens.shape == (3, 256, 48)
+    assert torch.allclose(toy.decode_tokens(tokens, (16, 16)), images, atol=1e-6)
+    # a constant image c: every 2x2 block has mean c, so LL = 2c (the Haar row (1,1,1,1)/2) and no detail
+    constant = torch.full((1, 3, 8, 8), 0.25)
+    latent = toy.encode_images(constant).view(1, 4, 3, 4, 2, 2)  # tokens, (colour, coefficient), 2x2 latent pixels
+    assert torch.allclose(latent[:, :, :, 0], torch.full_like(latent[:, :, :, 0], 0.5))
+    assert torch.allclose(latent[:, :, :, 1:], torch.zeros_like(latent[:, :, :, 1:]), atol=1e-7)
+
+
+def test_latent_nearest_upsampling_keeps_block_means():
+    # Why Haar: replicating a latent pixel replicates the 2x2 block mean of the half-res image, so
+    # the 2x2 block means of the upsampled 64 px image are the 32 px image's block means, repeated.
+    half = torch.from_numpy(shapes.render_batch(shapes.scenes(1, 2), 32))
+    low = toy.encode_images(half)  # (2, 64, 48) on the 8x8 low grid
+    layout = MixedLayout.from_selection(torch.zeros(2, 0, dtype=torch.long), (8, 8))
+    up, _ = layout.to_raster(upsample_tokens(low, "latent_nearest"), low[:, :0])
+    full = toy.decode_tokens(up, (16, 16))
+    means = torch.nn.functional.avg_pool2d(full, 2)
+    expected = torch.nn.functional.avg_pool2d(half, 2).repeat_interleave(2, -1).repeat_interleave(2, -2)
+    assert torch.allclose(means, expected, atol=1e-5)
+
+
+def test_tokenizer_rejects_unknown_words():
+    with pytest.raises(ValueError, match="puppy"):
+        toy.ToyTokenizer()(["a small red puppy"])
+    ids = toy.ToyTokenizer()(["a large red circle", ""])
+    assert ids.shape == (2, toy.MAX_WORDS) and ids[0, :4].ne(0).all() and ids[0, 4:].eq(0).all() and ids[1].eq(0).all()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return toy.load_toy()
+
+
+def test_shipped_model_loads_from_package_data(model):
+    from diffusers import FluxTransformer2DModel
+
+    assert (toy.DATA_DIR / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    assert isinstance(model.transformer, FluxTransformer2DModel)
+    count = sum(p.numel() for p in model.transformer.parameters())
+    assert 2e6 <= count <= 8e6
+    record = json.loads((toy.DATA_DIR / "training.json").read_text())
+    assert record["parameters"]["transformer"] == count
+    assert {"seed", "steps", "final_loss", "wall_seconds", "command"} <= set(record)
+
+
+def test_generates_finite_images_of_the_right_size(model):
+    prompts = ["a large red circle", "a small blue star left of a large green square"]
+    images, result = toy.generate(model, prompts, [0, 1], Baseline(3))
+    assert images.shape == (2, 3, 64, 64) and torch.isfinite(images).all()
+    images, result = toy.generate(model, prompts, [0, 1], RALUConfig.preset("flux-dev-4x", steps=(1, 1, 1)), 2.0)
+    assert images.shape == (2, 3, 64, 64) and torch.isfinite(images).all()
+    assert result.stage_tokens == (64, 64 - 19 + 4 * 19, 256)  # floor(0.3 · 64) = 19 tokens upsampled early
+    assert result.layout.mask().shape == (2, 8, 8)
+
+
+def test_same_seed_same_image(model):
+    config = RALUConfig.preset("flux-dev-7x", steps=(1, 1, 1))
+    first, _ = toy.generate(model, ["a large yellow star"], [3], config)
+    second, _ = toy.generate(model, ["a large yellow star"], [3], config)
+    assert torch.equal(first, second)
+
+
+def test_demo_quick_writes_its_grid(tmp_path, capsys):
+    output = tmp_path / "demo.png"
+    assert main(["demo", "--quick", "--output", str(output)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("baseline", "flux-dev-"))]
+    assert [row[0] for row in rows] == ["baseline", "flux-dev-4x", "baseline", "flux-dev-7x"]
+    assert rows[0][-2] == "inf" and rows[0][-3] == "1.00x"  # the baseline against itself
+    with Image.open(output) as image:
+        assert image.width > 2 * 64 and image.height > 4 * 64
+        assert np.asarray(image.convert("RGB")).std() > 10  # not a blank canvas
+
+
+def test_training_entry_point_saves_a_loadable_model(tmp_path):
+    record = toy.train(tmp_path / "toy", steps=2, batch=2, threads=1, log_every=1, checkpoint_every=0)
+    assert record["steps"] == 2 and np.isfinite(record["final_loss"])
+    loaded = toy.load_toy(tmp_path / "toy")
+    assert sum(p.numel() for p in loaded.transformer.parameters()) == record["parameters"]["transformer"]
