@@ -95,3 +95,15 @@ def test_bench_speed_runs_the_benchmark_script(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "efficiency" in out and "flux-dev-7x" in out and "correlated noise" in out
     assert (tmp_path / "speed.json").is_file() and (tmp_path / "speed.md").is_file()
+
+
+def test_schedule_reports_end_to_end_cost_with_decodes_and_cfg(capsys):
+    assert main(["schedule", "--preset", "sd3-3x"]) == 0
+    out = capsys.readouterr().out
+    assert "sd3-medium" in out and "28 steps" in out and "(CFG)" in out and "region selection" in out
+    assert main(["schedule", "--preset", "flux-dev-4x", "--no-cfg"]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("end to end"))
+    # decodes are extra fixed costs: the end-to-end ratio sits just under the transformer-only 4.41x
+    ratio = float(line.rsplit("=", 1)[1].strip().rstrip("x"))
+    assert 4.2 < ratio < 4.41

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import Baseline, RALUConfig
-from .cost import combined_speedup, image_tokens, schedule_cost, speedup
+from .cost import combined_speedup, image_tokens, is_sd3_config, schedule_cost, speedup, vae_decode_flops
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -89,6 +89,7 @@ def _format_tokens(tokens: Sequence[int]) -> str:
 # baseline steps and text tokens per call (T5 512 for FLUX.1-dev, 256 for schnell; 77 CLIP + 256 T5 for SD3).
 MODELS = {"flux-dev": (50, 512), "flux-schnell": (4, 256), "sd3-medium": (28, 333), "sd3.5-medium": (40, 333),
           "sd3.5-large": (28, 333)}
+CONFIG_FILES = (*MODELS, "flux-vae")
 
 
 def _model_for(config: RALUConfig, requested: str | None) -> str:
@@ -103,12 +104,19 @@ def _load_model_config(name: str) -> dict:
     import json
     from importlib import resources
 
-    if name in MODELS:
+    if name in CONFIG_FILES:
         return json.loads(resources.files("ralu").joinpath("data", "configs", f"{name}.json").read_text())
     path = Path(name)
     if not path.is_file():
         raise UsageError(f"--model must be one of {sorted(MODELS)} or a transformer config.json, got {name!r}")
     return json.loads(path.read_text())
+
+
+def _vae_decode_flops(height: int, width: int):
+    """FLOPs of one decode at (height/f, width/f) px with FLUX.1's VAE decoder (SD3's has the same
+    architecture); ``decode(2)`` is RALU's half-resolution decode for region selection."""
+    vae = _load_model_config("flux-vae")
+    return lambda f: vae_decode_flops(vae, height // f, width // f)
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
@@ -139,9 +147,19 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     print(f"{'total':<19}{'':>7}{sum(cost.steps):>7}  {'':<20}{'':>13}{cost.total / 1e12:>10.1f}{1:>8.0%}")
     print()
     print(f"baseline: {args.baseline_steps} steps x {full} tokens = {base.total / 1e12:.1f} TFLOPs")
+    # end to end: classifier-free guidance doubles every call (SD3 by default); both runs decode the
+    # final image, RALU also decodes its stage-1 estimate at half resolution for region selection
+    branches = 2 if is_sd3_config(model_config) else 1
+    if args.cfg is not None:
+        branches = 2 if args.cfg else 1
+    decode = _vae_decode_flops(args.height, args.width)
+    ralu_total = branches * cost.total + decode(2) + decode(1)
+    base_total = branches * base.total + decode(1)
+    print(f"end to end ({branches} branch{'es' if branches == 2 else ''} per step{' (CFG)' if branches == 2 else ''}, "
+          f"VAE decodes: final {decode(1) / 1e12:.1f} TFLOPs, RALU's region selection {decode(2) / 1e12:.1f}): "
+          f"RALU {ralu_total / 1e12:.1f} vs baseline {base_total / 1e12:.1f} TFLOPs = {base_total / ralu_total:.2f}x")
     if args.skipped is None:
-        print(f"analytic transformer speedup: {base.total / cost.total:.2f}x "
-              f"(transformer FLOPs only; text encoders and VAE decodes are extra)")
+        print(f"analytic transformer speedup: {base.total / cost.total:.2f}x (text encoders excluded)")
         return 0
     combined = combined_speedup(config, full, args.skipped, args.baseline_steps, model_config, args.text_tokens)
     print(f"with {sum(args.skipped)} of {sum(cost.steps)} calls skipped by a cache (per stage {tuple(args.skipped)}):")
@@ -388,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(default: from the preset, flux-dev otherwise)")
     schedule.add_argument("--text-tokens", type=int, default=None,
                           help="text tokens per call (default: the model's, 512 for FLUX.1-dev)")
+    schedule.add_argument("--cfg", action=argparse.BooleanOptionalAction, default=None,
+                          help="count two branches per step (classifier-free guidance); default: on for SD3")
     schedule.add_argument("--skipped", type=int, nargs=3, metavar=("S1", "S2", "S3"),
                           help="calls per stage a temporal cache skipped (e.g. counted by TeaCacheStats): "
                                "report spatial x temporal speedups")
