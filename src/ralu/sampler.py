@@ -46,13 +46,20 @@ class ModelAdapter(Protocol):
 @dataclass(frozen=True)
 class Step:
     """Where the sampling loop is: stage k (0-based), step ``index`` of the stage's ``steps``,
-    noise level ``sigma`` (0-d float32 tensor) and ``step_global`` over all stages."""
+    noise level ``sigma`` (0-d float32 tensor on the latents' device) and ``step_global`` over
+    all stages. ``sigma_value`` is the same level as a Python float, known without a device sync."""
 
     stage: int
     index: int
     steps: int
     sigma: torch.Tensor
     step_global: int
+    sigma_value: float | None = None
+
+    @property
+    def level(self) -> float:
+        """σ as a Python float (for cache contexts), without reading the tensor back when possible."""
+        return float(self.sigma) if self.sigma_value is None else self.sigma_value
 
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
@@ -103,7 +110,7 @@ def _run_stage(
         for i in range(stage.steps):
             if interrupt is not None and interrupt():
                 continue
-            step = Step(stage_index, i, stage.steps, sigmas[i], first_step + i)
+            step = Step(stage_index, i, stage.steps, sigmas[i], first_step + i, stage.sigmas[i])
             if step_start is not None:
                 step_start(step)
             v = adapter.velocity(x, positions, step)

@@ -169,7 +169,7 @@ class FluxAdapter:
         if step.index == 0:
             reset_cache_state(self.transformer)
         where = dict(step_index=step.index, num_inference_steps=step.steps, timestep=step.sigma * 1000,
-                     sigma=float(step.sigma))
+                     sigma=step.level)
         with cache_context(self.transformer, "cond", **where):
             v = self._branch(x, positions, timestep, self.cond)
         if self.negative is not None and self.true_cfg_scale > 1:

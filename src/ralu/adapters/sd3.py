@@ -185,7 +185,7 @@ class SD3Adapter:
         # the stock pipeline's timestep: σ·1000 in float32 (the scheduler's timesteps)
         timestep = (step.sigma * 1000).to(torch.float32).expand(x.shape[0])
         where = dict(step_index=step.index, num_inference_steps=step.steps, timestep=step.sigma * 1000,
-                     sigma=float(step.sigma))
+                     sigma=step.level)
         with cache_context(self.transformer, "cond", **where):
             v = transformer_tokens(self.transformer, x, embedding, self.prompt_embeds, self.pooled_prompt_embeds,
                                    timestep, raster=positions.raster,
