@@ -96,7 +96,13 @@ def transformer_tokens(transformer, tokens: torch.Tensor, position_embedding: to
     forward (per-token convolution rounds differently for some shapes: up to 6e-7 on CPU).
     Returns (B, S, C_out·p·p) in the same ``(c, p, q)`` layout.
     LoRA scale in ``joint_attention_kwargs["scale"]`` applies, as in the stock forward.
+    ``enable_model_cpu_offload``'s hook moves the model to the accelerator when its ``forward``
+    is called; this function calls the model's parts instead, so it runs the hook itself, as
+    diffusers' ``apply_forward_hook`` does for ``AutoencoderKL.decode``.
     """
+    hook = getattr(transformer, "_hf_hook", None)
+    if hook is not None and hasattr(hook, "pre_forward"):
+        hook.pre_forward(transformer)
     proj = transformer.pos_embed.proj
     batch, count, _ = tokens.shape
     p = transformer.config.patch_size
