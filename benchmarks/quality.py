@@ -146,14 +146,20 @@ def naive_upsampling(model: toy.ToyModel, prompts: Sequence[str], seeds: Sequenc
         return toy.decode_tokens(x, grid).clamp(-1.0, 1.0)
 
 
+def matched_steps(preset: RALUConfig, baseline_steps: int, full_tokens: int, model_config: dict,
+                  text_tokens: int) -> int:
+    """Stock-schedule steps with the preset's transformer FLOPs: round(baseline_steps / FLOPs speedup)."""
+    base = schedule_cost(Baseline(baseline_steps), full_tokens, model_config, text_tokens).total
+    ratio = base / schedule_cost(preset, full_tokens, model_config, text_tokens).total
+    return max(1, round(baseline_steps / ratio))
+
+
 def methods(full_tokens: int, model_config: dict, text_tokens: int) -> list[dict]:
     """Every method: name, group, and either a sampler config or the naive method's settings."""
     out = [dict(name=f"baseline {BASELINE_STEPS}", group="baseline", config=Baseline(BASELINE_STEPS, toy.BASE_SHIFT))]
-    base_cost = schedule_cost(Baseline(BASELINE_STEPS), full_tokens, model_config, text_tokens).total
     for name in PRESETS:
         preset = RALUConfig.preset(name)
-        ratio = base_cost / schedule_cost(preset, full_tokens, model_config, text_tokens).total
-        matched = max(1, round(BASELINE_STEPS / ratio))
+        matched = matched_steps(preset, BASELINE_STEPS, full_tokens, model_config, text_tokens)
         out.append(dict(name=f"steps {matched} ({name})", group=name, config=Baseline(matched, toy.BASE_SHIFT)))
         out.append(dict(name=f"naive ({name})", group=name, naive=preset,
                         full_steps=naive_steps(preset, full_tokens, model_config, text_tokens)))

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,15 +12,10 @@ pytest.importorskip("skimage")
 
 from ralu import shapes  # noqa: E402
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
-
 
 @pytest.fixture(scope="module")
-def quality():
-    spec = importlib.util.spec_from_file_location("ralu_quality_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def quality(load_benchmark):
+    return load_benchmark("quality")
 
 
 @pytest.fixture(scope="module")

@@ -102,3 +102,60 @@ def test_training_entry_point_saves_a_loadable_model(tmp_path):
     assert record["steps"] == 2 and np.isfinite(record["final_loss"])
     loaded = toy.load_toy(tmp_path / "toy")
     assert sum(p.numel() for p in loaded.transformer.parameters()) == record["parameters"]["transformer"]
+
+
+# --- the SD3-architecture twin ------------------------------------------------------------------
+
+def test_sd3_twin_keeps_sd3_table_proportions():
+    from diffusers import SD3Transformer2DModel
+
+    transformer = toy.build_toy(0, "sd3").transformer
+    assert isinstance(transformer, SD3Transformer2DModel)
+    pe = transformer.pos_embed
+    full, low = toy.token_grid(), (toy.token_grid()[0] // 2, toy.token_grid()[1] // 2)
+    # SD3-medium: a 96-cell table for its 64-token (1024 px) side, crops starting at 16 (1024 px) and 32 (512 px)
+    assert pe.pos_embed_max_size / full[0] == 96 / 64 and pe.base_size == full[0]
+    assert (pe.pos_embed_max_size - full[0]) // 2 == 4 and (pe.pos_embed_max_size - low[0]) // 2 == 8
+    with pytest.raises(ValueError, match=r"architecture must be one of \('flux', 'sd3'\)"):
+        toy.build_toy(0, "sdxl")
+
+
+def test_sd3_twin_samples_with_the_stock_forward_it_is_trained_with():
+    # training calls SD3Transformer2DModel.forward on the latent image; sampling goes through
+    # SD3Adapter on tokens: on a uniform grid they must give the same velocity
+    from ralu.layout import grid_positions, latent_to_tokens
+    from ralu.sampler import Step
+
+    model = toy.build_toy(3, "sd3")
+    model.transformer.eval()
+    images = torch.from_numpy(shapes.render_batch(shapes.scenes(5, 2), 64))
+    tokens = toy.encode_images(images)
+    latent = toy.tokens_to_latent(tokens, (16, 16))
+    states, pooled, _ = model.encode_prompt(["a large red circle", "a small blue star"])
+    sigma = torch.tensor(0.6)
+    with torch.no_grad():
+        stock = model.transformer(hidden_states=latent, timestep=(sigma * 1000).expand(2), pooled_projections=pooled,
+                                  encoder_hidden_states=states, return_dict=False)[0]
+        adapter = model.adapter(["a large red circle", "a small blue star"], 1.0)
+        positions = adapter.prepare_positions(grid_positions((16, 16))[None].expand(2, -1, -1), (16, 16), "full")
+        ours = adapter.velocity(tokens, positions, Step(2, 1, 3, sigma, 5, 0.6))
+    assert torch.equal(ours, latent_to_tokens(stock))
+
+
+def test_sd3_twin_trains_saves_loads_and_samples_each_convention(tmp_path):
+    from diffusers import SD3Transformer2DModel
+
+    record = toy.train(tmp_path / "sd3", steps=2, batch=2, threads=1, log_every=1, checkpoint_every=0,
+                       architecture="sd3")
+    assert record["architecture"] == "sd3" and "--arch sd3" in record["command"] and np.isfinite(record["final_loss"])
+    loaded = toy.load_toy(tmp_path / "sd3")
+    assert isinstance(loaded.transformer, SD3Transformer2DModel) and loaded.architecture == "sd3"
+    runs = {}
+    for convention in ("low_grid", "full_grid", "stock_then_full"):
+        config = RALUConfig.preset("sd3-3x", steps=(1, 1, 1), table_positions=convention)
+        images, result = toy.generate(loaded, ["a large red circle"], [0], config, 2.0)
+        assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
+        runs[convention] = images
+    # the conventions place tokens differently, so the pictures differ
+    assert not torch.equal(runs["low_grid"], runs["full_grid"])
+    assert not torch.equal(runs["low_grid"], runs["stock_then_full"])

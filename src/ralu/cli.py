@@ -454,13 +454,16 @@ def build_parser() -> argparse.ArgumentParser:
     quality.set_defaults(handler=cmd_quality)
 
     bench = commands.add_parser("bench", help="run a benchmark of a source checkout: --speed, --quality, "
-                                              "--regions or --caching, then the benchmark's own options")
+                                              "--regions, --caching or --positions, then the benchmark's own options")
     which = bench.add_mutually_exclusive_group(required=True)
-    for name, text in (("speed", "RALU vs baseline wall time, FLOPs ratio, efficiency, overheads (benchmarks/speed.py)"),
-                       ("quality", "quality at matched cost on the toy model (benchmarks/quality.py)"),
-                       ("regions", "decode-free vs Canny region choice, IoU (benchmarks/regions.py)"),
-                       ("caching", "RALU x temporal caches on the toy model (benchmarks/caching.py)")):
-        which.add_argument(f"--{name}", dest="which", action="store_const", const=name, help=text)
+    for flag, script, text in (
+            ("speed", "speed", "RALU vs baseline wall time, FLOPs ratio, efficiency, overheads (benchmarks/speed.py)"),
+            ("quality", "quality", "quality at matched cost on the toy model (benchmarks/quality.py)"),
+            ("regions", "regions", "decode-free vs Canny region choice, IoU (benchmarks/regions.py)"),
+            ("caching", "caching", "RALU x temporal caches on the toy model (benchmarks/caching.py)"),
+            ("positions", "sd3_positions", "SD3 table-position conventions on the SD3-architecture toy "
+                                           "(benchmarks/sd3_positions.py)")):
+        which.add_argument(f"--{flag}", dest="which", action="store_const", const=script, help=text)
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark, e.g. --size 1024")
     bench.set_defaults(handler=cmd_bench)
     return parser

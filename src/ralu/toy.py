@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapters.flux import FluxAdapter
+from .adapters.sd3 import SD3Adapter
 from .config import Baseline, RALUConfig
-from .layout import grid_positions
+from .layout import grid_positions, tokens_to_latent
 from .sampler import SampleResult, sample
 from .schedule import shift_sigmas
 from .shapes import VOCABULARY, render_batch, scenes
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 DATA_DIR = Path(__file__).parent / "data" / "toy"
+SD3_DATA_DIR = Path(__file__).parent / "data" / "toy_sd3"  # the SD3-architecture twin
 RESOLUTION = 64  # px at full resolution
 BASE_SHIFT = 3.0  # training σ density and the baseline's scheduler shift
 MAX_WORDS = 12  # the longest caption has 10 words
@@ -65,6 +67,19 @@ DEMO_PROMPTS = ("a large red circle left of a small blue square", "a large yello
 TRANSFORMER_CONFIG = dict(patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=2, num_single_layers=4,
                           attention_head_dim=32, num_attention_heads=4, joint_attention_dim=TEXT_DIM,
                           pooled_projection_dim=TEXT_DIM, guidance_embeds=False, axes_dims_rope=(8, 12, 12))
+# The SD3-architecture twin (``--arch sd3``): same latent, tokens, text encoder and training, but
+# an ``SD3Transformer2DModel`` that patchifies the 12-channel latent itself (patch 2, so the same
+# 16×16 tokens of 48 values) and adds a centre crop of an absolute sin-cos table. The table keeps
+# SD3's proportions: SD3 has 96 cells for its 64-patch (1024 px) grid, this one 24 for 16 patches,
+# so a full-resolution image crops cells 4..19 and a half-resolution one cells 8..15, as SD3 crops
+# 16..79 at 1024 px and 32..63 at 512 px. qk_norm="rms_norm" as SD3.5 (it trains stably at lr 1e-3).
+SD3_TRANSFORMER_CONFIG = dict(sample_size=2 * RESOLUTION // PIXELS_PER_TOKEN, patch_size=2,
+                              in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, num_layers=4,
+                              attention_head_dim=32, num_attention_heads=4, joint_attention_dim=TEXT_DIM,
+                              caption_projection_dim=128, pooled_projection_dim=TEXT_DIM,
+                              pos_embed_max_size=3 * RESOLUTION // (2 * PIXELS_PER_TOKEN), qk_norm="rms_norm")
+ARCHITECTURES = {"flux": ("FluxTransformer2DModel", TRANSFORMER_CONFIG),
+                 "sd3": ("SD3Transformer2DModel", SD3_TRANSFORMER_CONFIG)}
 
 # Rows: LL (mean ×2), horizontal, vertical and diagonal detail; orthonormal and symmetric, so it
 # is its own inverse. Columns: the block's pixels (0,0), (0,1), (1,0), (1,1).
@@ -147,10 +162,25 @@ class ToyModel:
         states, pooled = self.text_encoder(self.tokenizer(prompts).to(device))
         return states, pooled, torch.zeros(states.shape[1], 3, device=device)
 
-    def adapter(self, prompts: Sequence[str], guidance_scale: float = 1.0) -> ToyAdapter:
+    @property
+    def architecture(self) -> str:
+        """"flux" or "sd3": which diffusers transformer class the model is."""
+        return "sd3" if type(self.transformer).__name__ == "SD3Transformer2DModel" else "flux"
+
+    def adapter(self, prompts: Sequence[str], guidance_scale: float = 1.0, grid: tuple[int, int] | None = None,
+                table_positions: str = "low_grid") -> ToyAdapter | ToySD3Adapter:
         """A sampler adapter for these prompts; ``guidance_scale`` > 1 adds classifier-free guidance
-        against the empty prompt (one more transformer call per step)."""
+        against the empty prompt (one more transformer call per step).
+
+        grid and table_positions only matter for the SD3 architecture: the run's full token grid
+        (default: the toy's 64 px) and the ``RALUConfig.table_positions`` convention.
+        """
         negative = self.encode_prompt([""] * len(prompts)) if guidance_scale > 1 else None
+        if self.architecture == "sd3":
+            states, pooled, _ = self.encode_prompt(prompts)
+            return ToySD3Adapter(self.transformer, states, pooled, grid or token_grid(),
+                                 negative=negative[:2] if negative else None, guidance_scale=guidance_scale,
+                                 table_positions=table_positions)
         return ToyAdapter(self.transformer, *self.encode_prompt(prompts), negative=negative,
                           true_cfg_scale=guidance_scale)
 
@@ -168,12 +198,34 @@ class ToyAdapter(FluxAdapter):
         return decode_tokens(x0.float(), grid).clamp(-1.0, 1.0)
 
 
-def build_toy(seed: int = 0) -> ToyModel:
-    """A freshly initialised (untrained) toy model, seeded."""
-    from diffusers import FluxTransformer2DModel
+class ToySD3Adapter(SD3Adapter):
+    """SD3Adapter for the pixel-space SD3-architecture toy: decoding is the exact inverse Haar + pixel shuffle."""
 
+    def __init__(self, transformer, prompt_embeds, pooled_prompt_embeds, full_grid, negative=None,
+                 guidance_scale: float = 1.0, table_positions: str = "low_grid"):
+        super().__init__(transformer, None, prompt_embeds, pooled_prompt_embeds, full_grid, negative=negative,
+                         guidance_scale=guidance_scale, table_positions=table_positions)
+
+    def decode(self, x0: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Clean tokens (B, h·w, 48) → images (B, 3, 4h, 4w) in [-1, 1]."""
+        return decode_tokens(x0.float(), grid).clamp(-1.0, 1.0)
+
+
+def _transformer_class(name: str):
+    import diffusers
+
+    if name not in {cls for cls, _ in ARCHITECTURES.values()}:
+        raise ValueError(f"toy transformer must be one of {[cls for cls, _ in ARCHITECTURES.values()]}, got {name!r}")
+    return getattr(diffusers, name)
+
+
+def build_toy(seed: int = 0, architecture: str = "flux") -> ToyModel:
+    """A freshly initialised (untrained) toy model, seeded; architecture "flux" or "sd3"."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {tuple(ARCHITECTURES)}, got {architecture!r}")
+    name, config = ARCHITECTURES[architecture]
     torch.manual_seed(seed)
-    return ToyModel(FluxTransformer2DModel(**TRANSFORMER_CONFIG), ToyTextEncoder(), ToyTokenizer())
+    return ToyModel(_transformer_class(name)(**config), ToyTextEncoder(), ToyTokenizer())
 
 
 def save_toy(model: ToyModel, folder: str | Path, dtype: torch.dtype = torch.float16) -> Path:
@@ -198,14 +250,15 @@ def save_toy(model: ToyModel, folder: str | Path, dtype: torch.dtype = torch.flo
 
 
 def load_toy(folder: str | Path | None = None, device: str | torch.device = "cpu") -> ToyModel:
-    """Load a saved toy model (default: the weights shipped in ``ralu/data/toy``), float32, eval mode."""
-    from diffusers import FluxTransformer2DModel
+    """Load a saved toy model (default: the FLUX weights shipped in ``ralu/data/toy``; the SD3 twin
+    is :data:`SD3_DATA_DIR`), float32, eval mode. The transformer class comes from its config."""
     from safetensors.torch import load_file
 
     folder = Path(folder) if folder is not None else DATA_DIR
     if not (folder / "transformer").is_dir():
         raise FileNotFoundError(f"no toy model in {folder} (expected transformer/ and text_encoder.safetensors)")
-    transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=torch.float32)
+    name = json.loads((folder / "transformer" / "config.json").read_text())["_class_name"]
+    transformer = _transformer_class(name).from_pretrained(folder / "transformer", torch_dtype=torch.float32)
     spec = json.loads((folder / "text_encoder.json").read_text())
     tokenizer = ToyTokenizer(spec["vocabulary"], spec["max_words"])
     text_encoder = ToyTextEncoder(len(spec["vocabulary"]), spec["max_words"], spec["dim"])
@@ -246,9 +299,10 @@ def generate(model: ToyModel, prompts: Sequence[str], seeds: Sequence[int], conf
     if isinstance(config, Baseline) and config.shift is None:
         config = Baseline(config.steps, BASE_SHIFT, name=config.name)
     grid = token_grid(size)
+    table_positions = config.table_positions if isinstance(config, RALUConfig) else "low_grid"
     with torch.no_grad():
-        result = sample(model.adapter(prompts, guidance_scale), initial_noise(seeds, size), config, grid,
-                        generator=renoise_generators(seeds))
+        result = sample(model.adapter(prompts, guidance_scale, grid, table_positions), initial_noise(seeds, size),
+                        config, grid, generator=renoise_generators(seeds))
         images = decode_tokens(result.latents.float(), grid).clamp(-1.0, 1.0)
     return images, result
 
@@ -338,6 +392,12 @@ def _flow_loss(model: ToyModel, images: torch.Tensor, captions: list[str], gener
     u = torch.rand(batch, generator=generator)
     sigma = torch.as_tensor(shift_sigmas(u.double().numpy(), BASE_SHIFT), dtype=torch.float32)
     noise = torch.randn(x0.shape, generator=generator)
+    if model.architecture == "sd3":  # the latent image; the model patchifies and crops its table itself
+        x0, noise = tokens_to_latent(x0, (side, side)), tokens_to_latent(noise, (side, side))
+        x = (1 - sigma[:, None, None, None]) * x0 + sigma[:, None, None, None] * noise
+        v = model.transformer(hidden_states=x, timestep=sigma * 1000, pooled_projections=pooled,
+                              encoder_hidden_states=states, return_dict=False)[0]
+        return F.mse_loss(v, noise - x0)
     x = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
     img_ids = torch.cat([torch.zeros(tokens, 1), grid_positions((side, side))], dim=1)
     v = model.transformer(hidden_states=x, timestep=sigma, pooled_projections=pooled, encoder_hidden_states=states,
@@ -359,7 +419,7 @@ def _save_averaged(model: ToyModel, params: list[nn.Parameter], averaged: list[t
 def train(out: str | Path, steps: int, seed: int = 0, batch: int = 32, lr: float = 1e-3, warmup: int = 100,
           ema: float = 0.999, caption_drop: float = 0.1, threads: int = 2, log_every: int = 50,
           checkpoint_every: int = 500, max_minutes: float | None = None, init: str | Path | None = None,
-          stop_at: int | None = None) -> dict:
+          stop_at: int | None = None, architecture: str = "flux") -> dict:
     """Train the toy model from scratch and save it (EMA weights) with a ``training.json`` record.
 
     Step 2k trains on 64 px images, step 2k+1 on 32 px images of new scenes; the data of step
@@ -370,7 +430,8 @@ def train(out: str | Path, steps: int, seed: int = 0, batch: int = 32, lr: float
     one of ``steps``, so a run that finishes is reproduced by the same arguments, and one that
     stopped early by ``stop_at=stopped_at`` (stop before that step, deterministically). ``init``
     continues from a saved model (its weights, a fresh optimiser and schedule); the saved
-    ``training.json`` then keeps the earlier run's record under ``previous``.
+    ``training.json`` then keeps the earlier run's record under ``previous``. architecture:
+    "flux" (the shipped model) or "sd3" (its SD3-architecture twin, :data:`SD3_DATA_DIR`).
     """
     torch.set_num_threads(threads)
     out = Path(out)
@@ -380,7 +441,8 @@ def train(out: str | Path, steps: int, seed: int = 0, batch: int = 32, lr: float
         record_file = Path(init) / "training.json"
         previous = json.loads(record_file.read_text()) if record_file.is_file() else None
     else:
-        model = build_toy(seed)
+        model = build_toy(seed, architecture)
+    architecture = model.architecture
     model.transformer.train()
     params = list(model.transformer.parameters()) + list(model.text_encoder.parameters())
     averaged = [p.detach().clone() for p in params]
@@ -420,11 +482,12 @@ def train(out: str | Path, steps: int, seed: int = 0, batch: int = 32, lr: float
         command=f"python -m ralu.toy train --out {out} --steps {steps} --seed {seed} --batch {batch} --lr {lr} "
                 f"--ema {ema}"
                 + (f" --max-minutes {max_minutes:g}" if max_minutes else "") + (f" --init {init}" if init else "")
-                + (f" --stop-at {stop_at}" if stop_at is not None else ""),
+                + (f" --stop-at {stop_at}" if stop_at is not None else "")
+                + (f" --arch {architecture}" if architecture != "flux" else ""),
         seed=seed, steps=steps, stopped_at=stopped_at, max_minutes=max_minutes, batch=batch, lr=lr, warmup=warmup,
         ema=ema, caption_drop=caption_drop,
         threads=threads, resolutions=[RESOLUTION, RESOLUTION // 2], sigma_sampling=f"shift_{BASE_SHIFT:g}(uniform)",
-        transformer=TRANSFORMER_CONFIG, text_dim=TEXT_DIM, max_words=MAX_WORDS,
+        architecture=architecture, transformer=ARCHITECTURES[architecture][1], text_dim=TEXT_DIM, max_words=MAX_WORDS,
         parameters=dict(transformer=sum(p.numel() for p in model.transformer.parameters()),
                         text_encoder=sum(p.numel() for p in model.text_encoder.parameters()), total=n_params),
         final_loss=round(sum(losses[-100:]) / len(losses[-100:]), 5),
@@ -463,6 +526,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--init", type=Path, help="continue from this saved model instead of a fresh one")
     run.add_argument("--stop-at", type=int, help="stop before this step (reproduces a run that stopped early)")
     run.add_argument("--ema", type=float, default=0.999, help="decay of the weight average that is saved")
+    run.add_argument("--arch", choices=tuple(ARCHITECTURES), default="flux",
+                     help="transformer architecture (sd3: the SD3-architecture twin, ralu/data/toy_sd3)")
     args = parser.parse_args(argv)
     if args.command == "samples":
         torch.set_num_threads(2)
@@ -470,7 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"saved {args.out}")
         return 0
     record = train(args.out, args.steps, args.seed, args.batch, args.lr, ema=args.ema, threads=args.threads,
-                   max_minutes=args.max_minutes, init=args.init, stop_at=args.stop_at)
+                   max_minutes=args.max_minutes, init=args.init, stop_at=args.stop_at,
+                   architecture=args.arch)
     print(f"saved {args.out}: {record['stopped_at'] or record['steps']} steps, final loss {record['final_loss']}, "
           f"{record['wall_seconds']:.0f} s, {record['parameters']['total']} parameters")
     return 0
