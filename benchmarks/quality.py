@@ -11,9 +11,10 @@ the same prompt and seed (PSNR, SSIM, edge error) and read back by the data gene
   full-resolution steps from there as P's FLOPs allow (stock shift);
 - ``RALU no NT-DM (P)``: P with stock shifts H = (h0, h0, h0), renoising kept;
 - ``RALU (P)``: the preset as shipped;
-- the reference-script variants of DESIGN.md §7 on P = flux-dev-4x: ``upsample=latent_nearest``,
-  ``canny_clip_unit=True``, ``token_position=center``, ``exact_kept_noise=True``, each one field
-  changed from the preset.
+- variants on P = flux-dev-4x, each one field changed from the preset: those of DESIGN.md §7
+  (``upsample=latent_nearest``, ``canny_clip_unit=True``, ``token_position=center``,
+  ``exact_kept_noise=True``) and the paper's stage-1 noise, ``noise_downsample=nearest``
+  (ralu's default is ``block_sum``).
 
 Metrics (images in [0, 1], 64×64):
 - PSNR, SSIM: scikit-image (``data_range=1``, SSIM over the RGB channels, 7×7 window).
@@ -53,7 +54,7 @@ BASELINE_STEPS = 50
 PRESETS = ("flux-dev-4x", "flux-dev-7x")
 VARIANT_PRESET = "flux-dev-4x"
 VARIANTS = (("upsample", "latent_nearest"), ("canny_clip_unit", True), ("token_position", "center"),
-            ("exact_kept_noise", True))
+            ("exact_kept_noise", True), ("noise_downsample", "nearest"))
 PROMPT_SEED = 2026  # the captions: shapes.scenes(PROMPT_SEED, prompts)
 COMMAND = "python benchmarks/quality.py --out docs"
 

@@ -197,19 +197,30 @@ def paired(first: list[float], second: list[float]) -> dict:
     return dict(mean=s["mean"], ci=None if s["se"] is None else 2 * s["se"], n=s["n"])
 
 
+# (challenger, control): every convention against the reference's low_grid, and the two that
+# differ only in stage 1 against each other
+PAIRS = (("stock_then_full", "low_grid"), ("full_grid", "low_grid"), ("full_grid center", "low_grid"),
+         ("full_grid", "stock_then_full"))
+
+
+def _error_key(part: str, label: str) -> str:
+    """The velocity-error row of a stage part under a convention (stock_then_full's stage 1 is low_grid's)."""
+    return f"{part} · {'low_grid' if (part, label) == ('stage 1', 'stock_then_full') else label}"
+
+
 def comparisons(errors: dict, results: list[dict]) -> list[dict]:
-    """Every convention against the default ``low_grid``: velocity errors and image metrics."""
+    """Paired differences challenger − control (:data:`PAIRS`): velocity errors and image metrics."""
     out = []
-    for label, _, _ in CONVENTIONS[1:]:
+    for label, control in PAIRS:
         for part in ("stage 1", "stage 2 kept", "stage 2 children"):
-            key = f"{part} · {label}"
-            if key in errors:
-                out.append(dict(label=f"{part} velocity MSE: {label} − low_grid",
-                                velocity=paired(errors[key]["per_scene"], errors[f"{part} · low_grid"]["per_scene"])))
+            first, second = errors[_error_key(part, label)], errors[_error_key(part, control)]
+            if first["per_scene"] != second["per_scene"]:  # else the same positions by construction
+                out.append(dict(label=f"{part} velocity MSE: {label} − {control}", control=control,
+                                velocity=paired(first["per_scene"], second["per_scene"])))
         for preset_name in PRESETS:
             a = next(r for r in results if r["name"] == f"{label} ({preset_name})")
-            b = next(r for r in results if r["name"] == f"low_grid ({preset_name})")
-            out.append(dict(label=f"images ({preset_name}): {label} − low_grid",
+            b = next(r for r in results if r["name"] == f"{control} ({preset_name})")
+            out.append(dict(label=f"images ({preset_name}): {label} − {control}", control=control,
                             **{k: paired(a["per_image"][k], b["per_image"][k])
                                for k in ("psnr", "ssim", "edge_error", "prompt_all")}))
     return out
@@ -249,7 +260,7 @@ def markdown(record: dict) -> str:
                         f"{quality._fmt(m['psnr'], 2)} | {quality._fmt(m['ssim'], 3)} | "
                         f"{quality._fmt(m['edge_error'], 3)}")
                      + f" | {m['prompt_all']['mean']:.2f} |")
-    lines += ["", "## Paired differences against `low_grid` (mean ± 2 SE over the same scenes / prompts and seeds)",
+    lines += ["", "## Paired differences (mean ± 2 SE over the same scenes / prompts and seeds)",
               "", "| comparison | velocity MSE ↓ | PSNR dB ↑ | SSIM ↑ | edge error ↓ | prompt ok ↑ |",
               "| --- | --- | --- | --- | --- | --- |"]
     for c in record["comparisons"]:
@@ -275,13 +286,13 @@ def _verdict(c: dict) -> str:
         if d["mean"] == 0:
             parts.append(f"{name} equal")
             continue
-        side = challenger if (d["mean"] > 0) == higher_is_better else "low_grid"
+        side = challenger if (d["mean"] > 0) == higher_is_better else c["control"]
         parts.append(f"{name} {d['mean']:+.{digits}f} (favours {side}"
                      + ("" if abs(d["mean"]) > d["ci"] else ", within noise") + ")")
     return f"**{c['label']}**: " + "; ".join(parts) + "."
 
 
-def run(out: Path, scenes: int = 128, prompts: int = 32, seeds: int = 2, guidance: float | None = None,
+def run(out: Path, scenes: int = 128, prompts: int = 96, seeds: int = 2, guidance: float | None = None,
         threads: int = 2, model_folder: Path | None = None, up_ratio: float = 0.3) -> dict:
     torch.set_num_threads(threads)
     guidance = toy.DEFAULT_GUIDANCE if guidance is None else guidance
@@ -317,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="SD3 table-position conventions on the SD3-architecture toy.")
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--scenes", type=int, default=128, help="held-out scenes for the velocity errors")
-    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--prompts", type=int, default=96, help="captions for the images (default 96)")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--guidance", type=float, help=f"CFG scale (default {toy.DEFAULT_GUIDANCE:g})")
     parser.add_argument("--up-ratio", type=float, default=0.3, help="fraction upsampled in the mixed sequences")

@@ -130,7 +130,7 @@ def test_sd3_preset_token_counts(name, tokens):
 
 
 def test_table_positions_default_and_validation():
-    assert RALUConfig.preset("sd3-3x").table_positions == "low_grid"
+    assert RALUConfig.preset("sd3-3x").table_positions == "stock_then_full"  # docs/sd3_positions.md
     with pytest.raises(ValueError, match=r"table_positions must be one of \('low_grid', 'full_grid', "
                                          r"'stock_then_full'\), got 'centre'"):
         RALUConfig.preset("sd3-3x", table_positions="centre")
@@ -143,3 +143,9 @@ def test_baseline_with_an_explicit_grid():
         Baseline(2, sigmas=(1.0, 0.5, 0.6))
     with pytest.raises(ValueError, match=r"sigmas must be 3 decreasing"):
         Baseline(2, sigmas=(1.0, 0.0))
+
+
+def test_noise_downsample_default_and_validation():
+    assert RALUConfig.preset("flux-dev-4x").noise_downsample == "block_sum"  # the paper's is "nearest"
+    with pytest.raises(ValueError, match=r"noise_downsample must be one of \('nearest', 'block_sum'\), got 'mean'"):
+        RALUConfig.preset("flux-dev-4x", noise_downsample="mean")

@@ -115,3 +115,25 @@ def test_tokens_to_latent_inverts_diffusers_packing():
     latents = torch.randn(2, 16, 6, 10)
     assert torch.equal(tokens_to_latent(pack(latents), (3, 5)), latents)
     assert torch.equal(latent_to_tokens(latents), pack(latents))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 3))
+def test_block_sum_downsample_is_twice_the_block_mean_of_the_latent(h, w, channels):
+    latents = torch.randn(2, channels, 4 * h, 4 * w, dtype=torch.float64)
+    expected = pack(2 * F.avg_pool2d(latents, 2))
+    torch.testing.assert_close(downsample_tokens(pack(latents), (2 * h, 2 * w), "block_sum"), expected)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "block_sum"])
+def test_noise_downsampling_keeps_white_noise_white(mode):
+    # a linear map y = A n keeps N(0, I) as N(0, I) iff A Aᵀ = I: build A column by column
+    grid, dim = (4, 6), 8
+    basis = torch.eye(grid[0] * grid[1] * dim, dtype=torch.float64).view(-1, grid[0] * grid[1], dim)
+    a = downsample_tokens(basis, grid, mode).flatten(1).T  # (low values, full values)
+    torch.testing.assert_close(a @ a.T, torch.eye(a.shape[0], dtype=torch.float64))
+
+
+def test_unknown_noise_downsample_mode_is_refused():
+    with pytest.raises(ValueError, match=r"noise_downsample must be one of \('nearest', 'block_sum'\), got 'mean'"):
+        downsample_tokens(torch.zeros(1, 4, 8), (2, 2), "mean")

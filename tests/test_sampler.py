@@ -162,3 +162,14 @@ def test_odd_grid_is_rejected():
     config = RALUConfig.preset("flux-dev-4x")
     with pytest.raises(ValueError, match="even token grid"):
         sample(DiracAdapter(low, config), torch.randn(1, 15 * 12, DIM), config, (15, 12))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "block_sum"])
+def test_stage_one_starts_from_the_configured_noise_downsampling(mode):
+    from ralu.layout import downsample_tokens
+
+    config = RALUConfig.preset("flux-dev-4x", noise_downsample=mode)
+    adapter, result = run(config, batch=2, seed=5)
+    noise = torch.randn(2, 4 * LOW[0] * LOW[1], DIM, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(adapter.starts[0], downsample_tokens(noise, (2 * LOW[0], 2 * LOW[1]), mode))
+    torch.testing.assert_close(result.latents, adapter.full.expand(2, -1, -1), atol=1e-4, rtol=0)

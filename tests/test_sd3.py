@@ -190,7 +190,7 @@ def test_baseline_path_reproduces_stock_pipeline_with_guidance(variant, stock_pi
     assert np.array_equal(decoded, stock_decoded)
 
 
-@pytest.mark.parametrize("convention", ["low_grid", "stock_then_full"])  # the default, and the stage-dependent one
+@pytest.mark.parametrize("convention", ["low_grid", "stock_then_full"])  # the reference's, and the default
 def test_guided_batch_is_one_call_per_step_and_equals_samples_run_alone(pipe, embeds, convention):
     prompt, negative, pooled, negative_pooled = embeds
     config = FAST.replace(table_positions=convention)

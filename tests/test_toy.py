@@ -106,6 +106,17 @@ def test_training_entry_point_saves_a_loadable_model(tmp_path):
 
 # --- the SD3-architecture twin ------------------------------------------------------------------
 
+def test_shipped_sd3_twin_loads_from_package_data():
+    from diffusers import SD3Transformer2DModel
+
+    model = toy.load_toy(toy.SD3_DATA_DIR)
+    assert isinstance(model.transformer, SD3Transformer2DModel) and model.architecture == "sd3"
+    count = sum(p.numel() for p in model.transformer.parameters())
+    record = json.loads((toy.SD3_DATA_DIR / "training.json").read_text())
+    assert record["architecture"] == "sd3" and record["parameters"]["transformer"] == count
+    assert dict(model.transformer.config.items()) | toy.SD3_TRANSFORMER_CONFIG == dict(model.transformer.config.items())
+
+
 def test_sd3_twin_keeps_sd3_table_proportions():
     from diffusers import SD3Transformer2DModel
 

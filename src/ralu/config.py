@@ -12,6 +12,7 @@ UPSAMPLE_MODES = ("token_repeat", "latent_nearest")
 TOKEN_POSITIONS = ("corner", "center")
 TABLE_POSITIONS = ("low_grid", "full_grid", "stock_then_full")
 REGION_SOURCES = ("decoded", "latent")
+NOISE_DOWNSAMPLE_MODES = ("nearest", "block_sum")
 
 
 def _is_int(value: object) -> bool:
@@ -37,14 +38,21 @@ class RALUConfig:
     exact_kept_noise: False keeps the reference's renoising of tokens that are not upsampled
         (noise level α·√(1+1/Z²)); True scales their fresh noise to give exactly α (§3).
     table_positions: where tokens sit in an absolute position table (SD3's centre-cropped sin-cos
-        table; FLUX's RoPE ignores it). "low_grid" (the reference's FLUX convention carried over):
-        stages 1-2 use the stock half-resolution crop, children at half-cell offsets, stage 3 the
-        stock full-resolution crop. "full_grid": every stage uses the full-resolution crop, a
-        low-res token at twice its low-grid position (its top-left child, or the centre of its
-        children with token_position="center"). "stock_then_full": "low_grid" while the sequence
-        holds only low-res tokens (stage 1), "full_grid" once it mixes resolutions (stage 2).
+        table; FLUX's RoPE ignores it). "stock_then_full" (default): stage 1 uses the stock
+        half-resolution crop (the model's own half-resolution generation), stage 2 the stock
+        full-resolution crop with each child on its stage-3 cell and a low-res token at twice its
+        low-grid position; stage 3 the stock full-resolution crop. "low_grid" (the reference's
+        FLUX convention carried over): stages 1-2 in the half-resolution crop, children at
+        half-cell offsets. "full_grid": the full-resolution crop from stage 1 on. Measured on the
+        SD3-architecture toy (docs/sd3_positions.md): the half-resolution crop predicts stage 1
+        best, the full-resolution crop stage 2's children best.
     region_source: "decoded" (the paper: decode the clean estimate at low resolution, Canny on
         the image) or "latent" (Sobel magnitude of the clean-estimate latent itself: no VAE decode).
+    noise_downsample: how stage 1's half-resolution noise comes from the full-resolution noise:
+        "block_sum" (default: each 2×2 block's sum / 2) or "nearest" (the paper: one latent pixel
+        of each block). Both give white noise, the same distribution; "block_sum" keeps the
+        noise's low frequencies, so a seed lays out the picture more as the full-resolution
+        baseline does with the same seed (docs/quality.md).
     name: preset name, for display only.
     """
 
@@ -58,8 +66,9 @@ class RALUConfig:
     canny_clip_unit: bool = False
     token_position: str = "corner"
     exact_kept_noise: bool = False
-    table_positions: str = "low_grid"
+    table_positions: str = "stock_then_full"
     region_source: str = "decoded"
+    noise_downsample: str = "block_sum"
     name: str | None = field(default=None, compare=False)
 
     PRESETS: ClassVar[dict[str, dict]] = {
@@ -99,6 +108,8 @@ class RALUConfig:
             raise ValueError(f"token_position must be one of {TOKEN_POSITIONS}, got {self.token_position!r}")
         if self.region_source not in REGION_SOURCES:
             raise ValueError(f"region_source must be one of {REGION_SOURCES}, got {self.region_source!r}")
+        if self.noise_downsample not in NOISE_DOWNSAMPLE_MODES:
+            raise ValueError(f"noise_downsample must be one of {NOISE_DOWNSAMPLE_MODES}, got {self.noise_downsample!r}")
         if self.table_positions not in TABLE_POSITIONS:
             raise ValueError(f"table_positions must be one of {TABLE_POSITIONS}, got {self.table_positions!r}")
         shifts, noise_ratio = self.shifts, self.noise_ratio

@@ -43,16 +43,24 @@ def latent_to_tokens(latents: torch.Tensor) -> torch.Tensor:
     return patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, (height // PATCH) * (width // PATCH), channels * PATCH**2)
 
 
-def downsample_tokens(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Nearest downsampling by 2 of the latent image behind full-res tokens.
+def downsample_tokens(x: torch.Tensor, grid: tuple[int, int], mode: str = "nearest") -> torch.Tensor:
+    """Downsampling by 2 of the latent image behind full-res tokens; white noise stays white.
 
     x: (B, h·w, D) tokens in raster order on the full grid ``grid = (h, w)``.
-    Returns (B, h/2·w/2, D): every second latent pixel per side, i.e. the top-left pixel of each
-    2×2 block, which keeps white noise white (DESIGN.md §2, as ``F.interpolate(mode="nearest")``).
+    mode: "nearest" keeps every second latent pixel per side, the top-left pixel of each 2×2
+    block (DESIGN.md §2, as ``F.interpolate(mode="nearest")``); "block_sum" takes each block's sum / 2
+    (2 × its mean: four disjoint unit-variance values, so still unit variance and independent),
+    which keeps the noise's low frequencies, those a full-resolution run starts from.
+    Returns (B, h/2·w/2, D).
     """
     h, w = grid
     patches = _as_patches(x).unflatten(1, (h // 2, 2, w // 2, 2))  # B, i, a, j, b, C, p, q
-    low = patches[..., 0, 0]  # B, i, a, j, b, C: latent pixel (2(2i+a), 2(2j+b))
+    if mode == "nearest":
+        low = patches[..., 0, 0]  # B, i, a, j, b, C: latent pixel (2(2i+a), 2(2j+b))
+    elif mode == "block_sum":
+        low = patches.sum(dim=(-2, -1)) / 2  # the block of latent pixels (2(2i+a)+p, 2(2j+b)+q)
+    else:
+        raise ValueError(f"noise_downsample must be one of ('nearest', 'block_sum'), got {mode!r}")
     return low.permute(0, 1, 3, 5, 2, 4).flatten(1, 2).flatten(2)  # B, (i j), (C a b)
 
 

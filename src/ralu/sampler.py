@@ -204,7 +204,7 @@ def sample(
     low_grid = (grid[0] // 2, grid[1] // 2)
 
     # Stage 1: half resolution.
-    x = downsample_tokens(noise, grid)
+    x = downsample_tokens(noise, grid, config.noise_downsample)
     x, v = run(0, x, shared(low_positions(low_grid, config.token_position, x.device)), low_grid)
 
     # Stage 1 → 2: edges of the decoded clean estimate choose the tokens to upsample.

@@ -168,7 +168,7 @@ class ToyModel:
         return "sd3" if type(self.transformer).__name__ == "SD3Transformer2DModel" else "flux"
 
     def adapter(self, prompts: Sequence[str], guidance_scale: float = 1.0, grid: tuple[int, int] | None = None,
-                table_positions: str = "low_grid") -> ToyAdapter | ToySD3Adapter:
+                table_positions: str = "stock_then_full") -> ToyAdapter | ToySD3Adapter:
         """A sampler adapter for these prompts; ``guidance_scale`` > 1 adds classifier-free guidance
         against the empty prompt (one more transformer call per step).
 
@@ -202,7 +202,7 @@ class ToySD3Adapter(SD3Adapter):
     """SD3Adapter for the pixel-space SD3-architecture toy: decoding is the exact inverse Haar + pixel shuffle."""
 
     def __init__(self, transformer, prompt_embeds, pooled_prompt_embeds, full_grid, negative=None,
-                 guidance_scale: float = 1.0, table_positions: str = "low_grid"):
+                 guidance_scale: float = 1.0, table_positions: str = "stock_then_full"):
         super().__init__(transformer, None, prompt_embeds, pooled_prompt_embeds, full_grid, negative=negative,
                          guidance_scale=guidance_scale, table_positions=table_positions)
 
@@ -299,7 +299,7 @@ def generate(model: ToyModel, prompts: Sequence[str], seeds: Sequence[int], conf
     if isinstance(config, Baseline) and config.shift is None:
         config = Baseline(config.steps, BASE_SHIFT, name=config.name)
     grid = token_grid(size)
-    table_positions = config.table_positions if isinstance(config, RALUConfig) else "low_grid"
+    table_positions = config.table_positions if isinstance(config, RALUConfig) else "stock_then_full"
     with torch.no_grad():
         result = sample(model.adapter(prompts, guidance_scale, grid, table_positions), initial_noise(seeds, size),
                         config, grid, generator=renoise_generators(seeds))

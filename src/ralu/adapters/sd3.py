@@ -147,7 +147,7 @@ class SD3Adapter:
     def __init__(self, transformer, vae, prompt_embeds: torch.Tensor, pooled_prompt_embeds: torch.Tensor,
                  full_grid: tuple[int, int], negative: tuple[torch.Tensor, torch.Tensor] | None = None,
                  guidance_scale: float = 1.0, joint_attention_kwargs: dict | None = None,
-                 table_positions: str = "low_grid"):
+                 table_positions: str = "stock_then_full"):
         if table_positions not in TABLE_POSITIONS:
             raise ValueError(f"table_positions must be one of {TABLE_POSITIONS}, got {table_positions!r}")
         if transformer.config.patch_size != PATCH:

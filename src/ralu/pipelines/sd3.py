@@ -151,7 +151,7 @@ class RALUStableDiffusion3Pipeline(StableDiffusion3Pipeline):
 
         adapter = SD3Adapter(self.transformer, self.vae, prompt_embeds, pooled_prompt_embeds, grid, negative=negative,
                              guidance_scale=guidance_scale, joint_attention_kwargs=self._joint_attention_kwargs,
-                             table_positions=config.table_positions if ralu else "low_grid")
+                             table_positions=config.table_positions if ralu else "stock_then_full")
         result = sample(adapter, tokens, config, grid, generator=generator,
                         callback=step_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs,
                                                lambda: {"prompt_embeds": adapter.prompt_embeds,
