@@ -39,6 +39,28 @@ def test_schedule_invalid_input(capsys, argv, named):
     assert named in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_option_sets_variant_fields_and_schedule_shows_them(capsys):
+    argv = ["schedule", "--preset", "sd3-3x", "--option", "table_positions=low_grid", "--option",
+            "canny_clip_unit=true"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.endswith("(canny_clip_unit=True, table_positions=low_grid)")
+    assert main(["schedule", "--preset", "sd3-3x"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("noise_ratio=6.262")  # defaults are not listed
+
+
+@pytest.mark.parametrize(("option", "named"), [
+    ("table_position=low_grid", "FIELD one of upsample, canny_clip_unit"),
+    ("noise_downsample", "FIELD=VALUE"),
+    ("table_positions=aligned", "table_positions must be one of"),
+    ("exact_kept_noise=yes", "exact_kept_noise must be true or false"),
+])
+def test_invalid_option_is_a_one_line_error(capsys, option, named):
+    assert main(["schedule", "--preset", "flux-dev-4x", "--option", option]) == 2
+    err = capsys.readouterr().err
+    assert named in err and len(err.strip().splitlines()) == 1
+
+
 def test_unknown_preset_is_a_usage_error(capsys):
     assert main(["schedule", "--preset", "flux-dev-9x"]) == 2
     assert "flux-dev-9x" in capsys.readouterr().err
@@ -69,6 +91,13 @@ def test_generate_baseline(tiny_model, tmp_path, capsys):
     with Image.open(output) as image:
         assert image.size == (64, 64)
     assert "16 image tokens" in capsys.readouterr().out
+
+
+def test_generate_refuses_options_with_a_baseline(tiny_model, tmp_path, capsys):
+    argv = ["generate", str(tiny_model), "--prompt", "a blue square", "--baseline", "3", "--option",
+            "noise_downsample=nearest", "--output", str(tmp_path / "x.png")]
+    assert main(argv) == 2
+    assert "--option apply to RALU schedules" in capsys.readouterr().err
 
 
 def test_generate_invalid_size(tiny_model, tmp_path, capsys):

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import Baseline, RALUConfig
+from .config import VARIANT_OPTIONS, Baseline, RALUConfig
 from .cost import combined_speedup, image_tokens, is_sd3_config, schedule_cost, speedup, vae_decode_flops
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -45,6 +45,10 @@ def _add_schedule_options(parser: argparse.ArgumentParser, baseline: bool) -> No
     group.add_argument("--noise-ratio", type=float, metavar="Z", help="renoising ratio Z >= 2 (default: NT-DM)")
     group.add_argument("--base-shift", type=float, metavar="H0",
                        help="stock shift NT-DM matches (default 3.0); with --preset, re-solves its shifts")
+    group.add_argument("--option", action="append", default=[], metavar="FIELD=VALUE",
+                       help="set a RALUConfig variant field, repeatable: "
+                            + "; ".join(f"{name} ({'|'.join(str(v).lower() for v in values)})"
+                                        for name, values in VARIANT_OPTIONS.items()))
     if baseline:
         group.add_argument("--baseline", type=int, metavar="STEPS",
                            help="run the stock single-resolution schedule with STEPS calls instead of RALU")
@@ -61,11 +65,13 @@ def _config_from_args(args: argparse.Namespace, default: str = "flux-dev-4x") ->
                                        ("--baseline", baseline is not None)) if given]
     if len(chosen) > 1:
         raise UsageError(f"choose one schedule: {' or '.join(chosen)}")
+    options = _parse_options(args.option)
     if baseline is not None:
-        if args.shifts or args.noise_ratio is not None or args.base_shift is not None:
-            raise UsageError("--shifts, --noise-ratio and --base-shift apply to RALU schedules, not --baseline")
+        if args.shifts or args.noise_ratio is not None or args.base_shift is not None or options:
+            raise UsageError("--shifts, --noise-ratio, --base-shift and --option apply to RALU schedules, "
+                             "not --baseline")
         return Baseline(baseline)
-    overrides = {}
+    overrides = dict(options)
     if args.shifts is not None:
         overrides["shifts"] = tuple(args.shifts)
     if args.noise_ratio is not None:
@@ -79,6 +85,23 @@ def _config_from_args(args: argparse.Namespace, default: str = "flux-dev-4x") ->
     if solver:  # the preset's shifts and Z were solved for base shift 3.0: solve again unless given
         overrides = {"shifts": None, "noise_ratio": None, **solver, **overrides}
     return RALUConfig.preset(args.preset or default, **overrides)
+
+
+def _parse_options(items: Sequence[str]) -> dict:
+    """``["table_positions=low_grid", "canny_clip_unit=true"]`` → RALUConfig field values (checked by RALUConfig)."""
+    options = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in VARIANT_OPTIONS:
+            raise UsageError(f"--option must be FIELD=VALUE with FIELD one of {', '.join(VARIANT_OPTIONS)}, "
+                             f"got {item!r}")
+        if VARIANT_OPTIONS[name] == (False, True):
+            if value.lower() not in ("true", "false"):
+                raise UsageError(f"--option {name} must be true or false, got {value!r}")
+            options[name] = value.lower() == "true"
+        else:
+            options[name] = value
+    return options
 
 
 def _format_tokens(tokens: Sequence[int]) -> str:

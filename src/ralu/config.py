@@ -13,6 +13,10 @@ TOKEN_POSITIONS = ("corner", "center")
 TABLE_POSITIONS = ("low_grid", "full_grid", "stock_then_full")
 REGION_SOURCES = ("decoded", "latent")
 NOISE_DOWNSAMPLE_MODES = ("nearest", "block_sum")
+# The fields that choose between implementations of one step (not the schedule), with their values.
+VARIANT_OPTIONS = {"upsample": UPSAMPLE_MODES, "canny_clip_unit": (False, True), "token_position": TOKEN_POSITIONS,
+                   "exact_kept_noise": (False, True), "table_positions": TABLE_POSITIONS,
+                   "region_source": REGION_SOURCES, "noise_downsample": NOISE_DOWNSAMPLE_MODES}
 
 
 def _is_int(value: object) -> bool:
@@ -172,9 +176,13 @@ class RALUConfig:
         return low, low - k + 4 * k, full_tokens
 
     def describe(self) -> str:
+        """One line: the schedule, then any variant option that differs from its default."""
         label = self.name or "custom"
+        changed = [f"{name}={getattr(self, name)}" for name in VARIANT_OPTIONS
+                   if getattr(self, name) != self.__dataclass_fields__[name].default]
         return (f"{label}: steps={self.steps} ends={self.ends} up_ratio={self.up_ratio} "
-                f"shifts={tuple(round(h, 3) for h in self.shifts)} noise_ratio={self.noise_ratio:.3f}")
+                f"shifts={tuple(round(h, 3) for h in self.shifts)} noise_ratio={self.noise_ratio:.3f}"
+                + (f" ({', '.join(changed)})" if changed else ""))
 
 
 @dataclass(frozen=True)
