@@ -187,6 +187,26 @@ def method_cost(method: dict, full_tokens: int, model_config: dict, text_tokens:
 
 # --- the run ---------------------------------------------------------------------------------------
 
+def score_images(batch: np.ndarray, reference: np.ndarray, targets: Sequence) -> dict[str, list]:
+    """Per-image metrics of (B, H, W, 3) images in [0, 1]: PSNR, SSIM, edge error against the
+    reference images, and the prompt checks (all, colour, shape, relation) against the targets."""
+    per_image = dict(psnr=[psnr(i, r) for i, r in zip(batch, reference)],
+                     ssim=[ssim(i, r) for i, r in zip(batch, reference)],
+                     edge_error=[edge_error(i, r) for i, r in zip(batch, reference)])
+    checks = [shapes.check_prompt(i, t) for i, t in zip(batch, targets)]
+    for key in ("all", "colour", "shape", "relation"):
+        per_image[f"prompt_{key}"] = [c[key] for c in checks]
+    return per_image
+
+
+def paired_difference(first: Sequence[float | None], second: Sequence[float | None]) -> dict:
+    """Mean of first − second over the pairs where both are finite, with 2 standard errors (ci) and n."""
+    diff = [x - y for x, y in zip(first, second)
+            if x is not None and y is not None and np.isfinite(x) and np.isfinite(y)]
+    s = _summary(diff)
+    return dict(mean=s["mean"], ci=None if s["se"] is None else 2 * s["se"], n=s["n"])
+
+
 def _summary(values: Sequence[float]) -> dict:
     finite = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=float)
     if len(finite) == 0:
@@ -226,14 +246,7 @@ def run(out: Path, prompts: int = 32, seeds: int = 2, guidance: float | None = N
         batch = toy.to_uint8(images).astype(np.float32) / 255.0
         reference = batch if reference is None else reference
         calls, flops, tokens = method_cost(method, full_tokens, model_config, text_tokens)
-        per_image = dict(
-            psnr=[psnr(i, r) for i, r in zip(batch, reference)],
-            ssim=[ssim(i, r) for i, r in zip(batch, reference)],
-            edge_error=[edge_error(i, r) for i, r in zip(batch, reference)],
-        )
-        checks = [shapes.check_prompt(i, t) for i, t in zip(batch, targets)]
-        for key in ("all", "colour", "shape", "relation"):
-            per_image[f"prompt_{key}"] = [c[key] for c in checks]
+        per_image = score_images(batch, reference, targets)
         results.append(dict(name=method["name"], group=method["group"], calls=calls, tokens=tokens,
                             flops_speedup=base_flops / flops, seconds=seconds,
                             config=repr(method.get("config") or method["naive"]),
@@ -281,10 +294,7 @@ def comparisons(results: list[dict]) -> list[dict]:
         first, second = _find(results, a), _find(results, b)
         entry = dict(label=label, first=first["name"], second=second["name"])
         for key in ("psnr", "ssim", "edge_error", "prompt_all"):
-            diff = [x - y for x, y in zip(first["per_image"][key], second["per_image"][key])
-                    if x is not None and y is not None and np.isfinite(x) and np.isfinite(y)]
-            s = _summary(diff)
-            entry[key] = dict(mean=s["mean"], ci=None if s["se"] is None else 2 * s["se"])
+            entry[key] = paired_difference(first["per_image"][key], second["per_image"][key])
         out.append(entry)
     return out
 

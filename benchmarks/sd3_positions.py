@@ -100,6 +100,8 @@ def velocity_errors(model: toy.ToyModel, count: int, up_ratio: float, batch: int
                                             low_grid)
         children = children_indices(layout.selected, low_grid)
         n = len(chunk)
+        stock = model.adapter(captions, 1.0, grid)  # the stock single-resolution forwards
+        adapters = {label: model.adapter(captions, 1.0, grid, table) for label, table, _ in CONVENTIONS}
         for sigma in SIGMAS:
             eps_low, eps_full = torch.randn(x0_low.shape, generator=generator), torch.randn(x0_full.shape,
                                                                                            generator=generator)
@@ -111,8 +113,6 @@ def velocity_errors(model: toy.ToyModel, count: int, up_ratio: float, batch: int
             mixed_x = torch.cat([kept_x, torch.gather(x_full, 1, gather)], dim=1)
             mixed_t = torch.cat([kept_t, torch.gather(t_full, 1, gather)], dim=1)
             k = layout.num_kept
-            # the stock single-resolution forwards
-            stock = model.adapter(captions, 1.0, grid)
             v = stock.velocity(x_low, stock.prepare_positions(grid_positions(low_grid)[None].expand(n, -1, -1),
                                                               low_grid, "low"), _step(sigma))
             add("stage 1 · stock", sigma, _mse(v, t_low))
@@ -120,8 +120,8 @@ def velocity_errors(model: toy.ToyModel, count: int, up_ratio: float, batch: int
             v = stock.velocity(x_full, stock.prepare_positions(grid_positions(grid)[None].expand(n, -1, -1), grid,
                                                                "full"), _step(sigma))
             add("stage 2 children · stock", sigma, _mse(torch.gather(v, 1, gather), mixed_t[:, k:]))
-            for label, table, token_position in CONVENTIONS:
-                adapter = model.adapter(captions, 1.0, grid, table)
+            for label, _, token_position in CONVENTIONS:
+                adapter = adapters[label]
                 if label != "stock_then_full":  # its stage 1 is low_grid's
                     positions = low_positions(low_grid, token_position)[None].expand(n, -1, -1)
                     v = adapter.velocity(x_low, adapter.prepare_positions(positions, low_grid, "low"), _step(sigma))
@@ -170,12 +170,7 @@ def images(model: toy.ToyModel, prompts: int, seeds: int, guidance: float) -> tu
         reference = batch if reference is None else reference
         cost = schedule_cost(method["config"], full_tokens, model_config, toy.MAX_WORDS)
         base_flops = base_flops or cost.total
-        per_image = dict(psnr=[quality.psnr(i, r) for i, r in zip(batch, reference)],
-                         ssim=[quality.ssim(i, r) for i, r in zip(batch, reference)],
-                         edge_error=[quality.edge_error(i, r) for i, r in zip(batch, reference)])
-        checks = [shapes.check_prompt(i, t) for i, t in zip(batch, targets)]
-        for key in ("all", "colour", "shape", "relation"):
-            per_image[f"prompt_{key}"] = [c[key] for c in checks]
+        per_image = quality.score_images(batch, reference, targets)
         results.append(dict(name=method["name"], group=method["group"], calls=sum(cost.steps),
                             tokens=" / ".join(str(t) for t in cost.tokens), flops_speedup=base_flops / cost.total,
                             seconds=seconds, config=repr(method["config"]),
@@ -187,14 +182,6 @@ def images(model: toy.ToyModel, prompts: int, seeds: int, guidance: float) -> tu
               f"PSNR {m['psnr']['mean'] or float('inf'):6.2f}  SSIM {m['ssim']['mean']:.3f}  "
               f"edge {m['edge_error']['mean'] or 0:.3f}  prompt ok {m['prompt_all']['mean']:.2f}", flush=True)
     return results, dict(pictures=pictures, captions=batch_prompts, seeds=seeds)
-
-
-def paired(first: list[float], second: list[float]) -> dict:
-    """Mean difference first − second over matched entries, with 2 standard errors."""
-    diff = [a - b for a, b in zip(first, second) if a is not None and b is not None and np.isfinite(a)
-            and np.isfinite(b)]
-    s = quality._summary(diff)
-    return dict(mean=s["mean"], ci=None if s["se"] is None else 2 * s["se"], n=s["n"])
 
 
 # (challenger, control): every convention against the reference's low_grid, and the two that
@@ -216,12 +203,12 @@ def comparisons(errors: dict, results: list[dict]) -> list[dict]:
             first, second = errors[_error_key(part, label)], errors[_error_key(part, control)]
             if first["per_scene"] != second["per_scene"]:  # else the same positions by construction
                 out.append(dict(label=f"{part} velocity MSE: {label} − {control}", control=control,
-                                velocity=paired(first["per_scene"], second["per_scene"])))
+                                velocity=quality.paired_difference(first["per_scene"], second["per_scene"])))
         for preset_name in PRESETS:
             a = next(r for r in results if r["name"] == f"{label} ({preset_name})")
             b = next(r for r in results if r["name"] == f"{control} ({preset_name})")
             out.append(dict(label=f"images ({preset_name}): {label} − {control}", control=control,
-                            **{k: paired(a["per_image"][k], b["per_image"][k])
+                            **{k: quality.paired_difference(a["per_image"][k], b["per_image"][k])
                                for k in ("psnr", "ssim", "edge_error", "prompt_all")}))
     return out
 
