@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ralu-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast install clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the edit-run loop: everything but the slow, training and compile tests
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not training and not compile"
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

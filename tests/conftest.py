@@ -1,4 +1,8 @@
-"""Tiny real-class FLUX pipelines, saved and reloaded so the loading path is the real one."""
+"""Shared fixtures: tiny real-class pipelines, saved and reloaded so that the loading path is the real one.
+
+Markers: ``slow`` (more than a few seconds), ``training`` (optimiser steps), ``compile``
+(torch.compile). ``make test`` runs everything; ``make test-fast`` deselects the three.
+"""
 
 from __future__ import annotations
 
@@ -11,25 +15,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-@pytest.fixture(scope="session")
-def load_benchmark():
-    """``load_benchmark(name)``: ``benchmarks/<name>.py`` of this checkout as a module (benchmarks are not installed)."""
-    import importlib.util
-    from pathlib import Path
-
-    def load(name: str):
-        script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(f"ralu_{name}_benchmark", script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (deselected by make test-fast)")
+    config.addinivalue_line("markers", "training: runs optimiser steps")
+    config.addinivalue_line("markers", "compile: runs torch.compile")
 
 
 @pytest.fixture(scope="session")
 def tiny_flux_path(tmp_path_factory):
-    from ralu.tiny import save_tiny_flux
+    from ralu.testing import save_tiny_flux
 
     return save_tiny_flux(tmp_path_factory.mktemp("tiny-flux"), seed=0)
 

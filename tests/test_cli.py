@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from ralu.cli import main
-from ralu.tiny import save_tiny_flux
+from ralu.testing import save_tiny_flux
 
 
 def test_schedule_prints_stage_table(capsys):
@@ -46,7 +46,7 @@ def test_option_sets_variant_fields_and_schedule_shows_them(capsys):
     first = capsys.readouterr().out.splitlines()[0]
     assert first.endswith("(canny_clip_unit=True, table_positions=low_grid)")
     assert main(["schedule", "--preset", "sd3-3x"]) == 0
-    assert capsys.readouterr().out.splitlines()[0].endswith("noise_ratio=6.262")  # defaults are not listed
+    assert capsys.readouterr().out.splitlines()[0].endswith("base_shift=3.000")  # defaults are not listed
 
 
 @pytest.mark.parametrize(("option", "named"), [
@@ -106,24 +106,6 @@ def test_generate_invalid_size(tiny_model, tmp_path, capsys):
     assert main(argv) == 2
     assert "height" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
-
-
-def test_random_demo_quick(capsys):
-    assert main(["demo", "--random", "--quick"]) == 0
-    out = capsys.readouterr().out
-    assert "RANDOM" in out and "speedup" in out and "FLOPs speedup" in out
-    rows = [line.split() for line in out.splitlines() if line.startswith(("baseline", "flux-dev-"))]
-    assert [row[0] for row in rows] == ["baseline", "flux-dev-4x", "flux-dev-7x"]
-    assert rows[0][-1] == "1.00x" and rows[0][-2] == "1.00x"
-
-
-def test_bench_speed_runs_the_benchmark_script(capsys, tmp_path):
-    argv = ["bench", "--speed", "--size", "64", "--reps", "1", "--baseline-steps", "2", "--presets", "flux-dev-7x",
-            "--double", "1", "--single", "0", "--dense-noise-max-px", "0", "--out", str(tmp_path)]
-    assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert "efficiency" in out and "flux-dev-7x" in out and "correlated noise" in out
-    assert (tmp_path / "speed.json").is_file() and (tmp_path / "speed.md").is_file()
 
 
 def test_schedule_reports_end_to_end_cost_with_decodes_and_cfg(capsys):

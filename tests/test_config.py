@@ -26,18 +26,43 @@ def test_preset_token_counts(name, tokens):
 
 
 def test_custom_config_takes_shifts_from_ntdm():
-    config = RALUConfig(steps=(5, 6, 7), ends=(0.3, 0.45, 1.0), up_ratio=0.3)
+    config = RALUConfig(steps=(5, 6, 7), ends=(0.3, 0.45, 1.0), up_ratio=0.3, base_shift=3.0)
     assert config.shifts == pytest.approx((5.019, 2.589, 2.226), abs=1e-3)
     assert config.noise_ratio == pytest.approx(6.317, abs=1e-3)
 
 
+def test_an_auto_config_is_solved_when_resolved():
+    config = RALUConfig(steps=(5, 6, 7), ends=(0.3, 0.45, 1.0), up_ratio=0.3)
+    assert config.base_shift == "auto" and not config.resolved and config.shifts is None
+    with pytest.raises(ValueError, match="resolve"):
+        config.stages
+    resolved = config.resolve(3.0)
+    assert resolved.resolved and resolved.base_shift == 3.0
+    assert resolved.shifts == pytest.approx((5.019, 2.589, 2.226), abs=1e-3)
+
+
 def test_given_noise_ratio_is_kept_and_shifts_solved():
-    config = RALUConfig(steps=(5, 6, 7), ends=(0.3, 0.45, 1.0), up_ratio=0.3, noise_ratio=4.0)
+    config = RALUConfig(steps=(5, 6, 7), ends=(0.3, 0.45, 1.0), up_ratio=0.3, noise_ratio=4.0).resolve(3.0)
     assert config.noise_ratio == 4.0 and len(config.shifts) == 3
 
 
+def test_each_stage_is_built_with_its_own_shift():
+    """σ grids computed here from the definitions, independently of schedule.py."""
+    config = RALUConfig.preset("flux-dev-4x").resolve(3.0)
+    z = config.noise_ratio
+    start = 0.0
+    for k, stage in enumerate(config.stages):
+        h, end, n = config.shifts[k], config.ends[k], config.steps[k]
+        u0 = (1 - start) / (h - (h - 1) * (1 - start))
+        u1 = (1 - end) / (h - (h - 1) * (1 - end))
+        expected = [h * u / (1 + (h - 1) * u) for u in (u0 + (u1 - u0) * i / n for i in range(n + 1))]
+        assert stage.sigmas == pytest.approx(expected, abs=1e-12), f"stage {k + 1}"
+        start = end / (z * (1 - end) + end)
+    assert len(set(config.shifts)) == 3  # the test needs distinct shifts
+
+
 def test_stage_grids_join_restart_progress():
-    config = RALUConfig.preset("flux-dev-4x")
+    config = RALUConfig.preset("flux-dev-4x").resolve(3.0)
     stages = config.stages
     assert [s.resolution for s in stages] == ["low", "mixed", "full"]
     assert [s.steps for s in stages] == [5, 6, 7]
@@ -46,7 +71,7 @@ def test_stage_grids_join_restart_progress():
         assert stages[k].sigmas[0] == pytest.approx(1 - config.restarts[k], abs=1e-12)
         assert stages[k].sigmas[-1] == pytest.approx(1 - config.ends[k], abs=1e-12)
         assert all(a > b for a, b in zip(stages[k].sigmas, stages[k].sigmas[1:]))
-    # renoising lands on the flow path: beta*e = s and beta*(1-e) = alpha/Z (DESIGN.md §3)
+    # renoising lands on the flow path: beta*e = s and beta*(1-e) = alpha/Z (docs/method.md §3)
     for k in (1, 2):
         e, s, z = config.ends[k - 1], config.restarts[k], config.noise_ratio
         assert stages[k].beta * e == pytest.approx(s, rel=1e-12)
@@ -68,12 +93,21 @@ def test_selected_tokens_floor_is_robust_to_float_products():
     (dict(ends=(0.45, 0.3, 1.0)), r"ends must increase strictly.*got \(0.45, 0.3, 1.0\)"),
     (dict(ends=(0.3, 0.45, 0.9)), r"ends must .*end at 1.0"),
     (dict(ends=(0.0, 0.45, 1.0)), r"ends must .*0 < e1"),
-    (dict(up_ratio=1.5), r"up_ratio must be in \[0, 1\], got 1.5"),
-    (dict(up_ratio=-0.1), r"up_ratio must be in \[0, 1\]"),
-    (dict(noise_ratio=1.5), r"noise_ratio must be >= 2.*got 1.5"),
-    (dict(shifts=(1.0, 0.0, 2.0)), r"shifts must be three numbers > 0"),
-    (dict(shifts=(1.0, -2.0, 2.0)), r"shifts must be three numbers > 0"),
-    (dict(base_shift=0), r"base_shift must be > 0"),
+    (dict(up_ratio=1.5), r"up_ratio must be a number in \[0, 1\], got 1.5"),
+    (dict(up_ratio=-0.1), r"up_ratio must be a number in \[0, 1\]"),
+    (dict(up_ratio=True), r"up_ratio must be a number in \[0, 1\], got True"),
+    (dict(up_ratio=float("nan")), r"up_ratio must be a number in \[0, 1\], got nan"),
+    (dict(noise_ratio=1.5), r"noise_ratio must be a finite number >= 2.*got 1.5"),
+    (dict(noise_ratio=float("inf")), r"noise_ratio must be a finite number >= 2.*got inf"),
+    (dict(shifts=(1.0, 0.0, 2.0)), r"shifts must be three finite numbers > 0"),
+    (dict(shifts=(1.0, -2.0, 2.0)), r"shifts must be three finite numbers > 0"),
+    (dict(shifts=(1.0, 2.0, float("inf"))), r"shifts must be three finite numbers > 0.*inf"),
+    (dict(base_shift=0), r"base_shift must be 'auto' or a finite number > 0"),
+    (dict(base_shift="dynamic"), r"base_shift must be 'auto' or a finite number > 0, got 'dynamic'"),
+    (dict(steps=5), r"steps must be three integers >= 1 \(N1, N2, N3\), got 5"),
+    (dict(ends=0.3), r"ends must be three"),
+    (dict(ends=(0.3, float("nan"), 1.0)), r"ends must be three finite progresses"),
+    (dict(canny_clip_unit="yes"), r"canny_clip_unit must be True or False, got 'yes'"),
     (dict(upsample="bilinear"), r"upsample must be one of \('token_repeat', 'latent_nearest'\), got 'bilinear'"),
     (dict(token_position="middle"), r"token_position must be one of"),
 ])
@@ -96,8 +130,10 @@ def test_replace_validates_again():
 def test_baseline_validation_and_grid():
     with pytest.raises(ValueError, match=r"steps must be an integer >= 1, got 0"):
         Baseline(0)
-    with pytest.raises(ValueError, match=r"shift must be > 0 or None"):
+    with pytest.raises(ValueError, match=r"shift must be a finite number > 0 or None"):
         Baseline(10, shift=-1.0)
+    with pytest.raises(ValueError, match=r"shift must be a finite number > 0 or None"):
+        Baseline(10, shift=float("nan"))
     with pytest.raises(ValueError, match="resolve it first"):
         Baseline(10).stages
     (stage,) = Baseline(4, shift=1.0).stages
@@ -108,7 +144,7 @@ def test_sd3_presets_are_the_paper_values_and_close_to_ntdm():
     from ralu import solve_ntdm
 
     two = RALUConfig.preset("sd3-2x")
-    assert (two.steps, two.ends, two.up_ratio, two.base_shift) == ((5, 6, 9), (0.2, 0.3, 1.0), 0.3, 3.0)
+    assert (two.steps, two.ends, two.up_ratio, two.solved_shift) == ((5, 6, 9), (0.2, 0.3, 1.0), 0.3, 3.0)
     assert two.shifts == (6.121, 2.23, 1.97) and two.noise_ratio == pytest.approx(1 / math.sqrt(0.0586), rel=1e-12)
     three = RALUConfig.preset("sd3-3x")
     assert (three.steps, three.ends, three.up_ratio) == ((3, 3, 6), (0.25, 0.3, 1.0), 0.2)

@@ -1,4 +1,4 @@
-"""Tests of the analytic FLOP model (DESIGN.md §8) against torch's own FLOP counter."""
+"""Tests of the analytic FLOP model (docs/method.md §8) against torch's own FLOP counter."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ralu import Baseline, RALUConfig
 from ralu.cost import FLUX_DEV_CONFIG, flux_call_flops, image_tokens, schedule_cost, speedup
-from ralu.tiny import TINY_TRANSFORMER
+from ralu.testing import TINY_TRANSFORMER
 
 # Wider than the tiny model, with the other options the count reads: no guidance embedder,
 # patch_size 2 with fewer output channels (proj_out: d → p²·out_channels).
@@ -131,10 +131,15 @@ def test_skipped_calls_are_free_and_split_into_spatial_and_temporal():
 
 
 def _shipped(name: str) -> dict:
-    import json
-    from importlib import resources
+    from ralu import models
 
-    return json.loads(resources.files("ralu").joinpath("data", "configs", f"{name}.json").read_text())
+    if name == "flux-vae":
+        import json
+        from importlib import resources
+
+        data = json.loads(resources.files("ralu").joinpath("data", "models", "flux-dev.json").read_text())
+        return data["vae"]["config"]
+    return dict(models.get(name).transformer)
 
 
 def sd3_counted_flops(model, n: int, m: int, device: str = "cpu") -> int:
@@ -206,3 +211,16 @@ def test_vae_decode_flops_at_half_resolution():
     assert 0.2 < half / full < 0.26
     # the region-selection decode is under 0.5% of the flux-dev-4x transformer cost at 1024²
     assert half < 0.005 * schedule_cost(RALUConfig.preset("flux-dev-4x"), 4096).total
+
+
+@pytest.mark.parametrize("name", ["flux-dev", "sd3-medium"])
+def test_shipped_decode_coefficients_count_exactly(name):
+    """a·P + b·P² from the model file equals FlopCounterMode's count at a size they were not fitted on."""
+    import json
+    from importlib import resources
+
+    from ralu import models
+    from ralu.cost import vae_decode_flops
+
+    vae = json.loads(resources.files("ralu").joinpath("data", "models", f"{name}.json").read_text())["vae"]["config"]
+    assert models.get(name).decode(384, 640) == vae_decode_flops(vae, 384, 640)

@@ -1,4 +1,4 @@
-"""Tests of the NT-DM solver (DESIGN.md §5)."""
+"""Tests of the NT-DM solver (docs/method.md §5)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from ralu.ntdm import ntdm_objective, solve_ntdm
 from ralu.schedule import restart_progress
 
-# FLUX.1-dev presets: the reference script's solver output (DESIGN.md §5), printed to 3 decimals.
+# FLUX.1-dev presets: the reference script's solver output (docs/method.md §5), printed to 3 decimals.
 FLUX_CASES = [
     ((5, 6, 7), (0.3, 0.45, 1.0), (5.019, 2.589, 2.226), 6.317),
     ((2, 3, 5), (0.2, 0.3, 1.0), (8.146, 2.855, 2.193), 6.261),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import dataclasses
 import math
 
@@ -10,12 +12,12 @@ import pytest
 
 pytest.importorskip("skimage")
 
-from ralu import shapes  # noqa: E402
+from ralu.demo import shapes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def quality(load_benchmark):
-    return load_benchmark("quality")
+def quality():
+    return importlib.import_module("ralu.bench.quality")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def test_no_edges_gives_nan(quality):
 
 
 def test_methods_cover_the_issue_and_match_cost(quality):
-    from ralu import toy
+    from ralu.demo import model as toy
     from ralu.config import RALUConfig
     from ralu.cost import schedule_cost
 

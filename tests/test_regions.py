@@ -83,14 +83,14 @@ def test_latent_region_source_skips_the_decode():
         def prepare_positions(self, positions, grid, resolution="full"):
             return None
 
-        def velocity(self, x, prepared, step):
+        def velocity(self, x, prepared, sigma, step=None):
             return torch.zeros_like(x)
 
         def decode(self, x0, grid):
             raise AssertionError("decode must not run with region_source='latent'")
 
     noise = torch.randn(1, 64, 64, generator=torch.Generator().manual_seed(0))
-    config = RALUConfig.preset("flux-dev-7x", region_source="latent", up_ratio=0.25)
+    config = RALUConfig.preset("flux-dev-7x", region_source="latent", up_ratio=0.25).resolve(3.0)
     result = sample(NoDecode(), noise, config, (8, 8))
     assert result.layout.selected.shape == (1, 4)
 

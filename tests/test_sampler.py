@@ -3,7 +3,7 @@
 For data x0 = T (a point mass) the flow-matching velocity is exactly v = (x - T)/σ, so Euler
 steps stay on the line x = (1-σ)·T + σ·ε. Any error in token order, positions or renoising
 then shows up directly: the output must be T, and at the start of every stage the normalised
-noise (x - (1-σ)T)/σ must have the statistics DESIGN.md §3 promises.
+noise (x - (1-σ)T)/σ must have the statistics docs/method.md §3 promises.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from ralu import Baseline, RALUConfig, sample
-from ralu.layout import children_indices, upsample_tokens
+from ralu.layout import children_indices, tokens_to_latent, upsample_tokens
+from ralu.sampler import Interrupted
 
 LOW = (8, 6)
 DIM = 64
@@ -46,25 +47,23 @@ class DiracAdapter:
         children = pick(self.full, full_index(2 * positions[:, self.kept :]))
         return torch.cat([kept, children], dim=1), None
 
-    def velocity(self, x, prepared, step):
+    def velocity(self, x, prepared, sigma, step=None):
         target, _ = prepared
-        sigma = step.sigma
         if len(self.starts) < self._stage:
             self.starts.append((x - (1 - sigma) * target) / sigma)
         return (x - target) / sigma
 
     def decode(self, x0, grid):
-        # an image whose left half is a sharp checkerboard: edges there, none on the right
-        b = x0.shape[0]
-        img = torch.zeros(b, 3, grid[0] * 16, grid[1] * 16)
-        yy, xx = torch.meshgrid(torch.arange(grid[0] * 16), torch.arange(grid[1] * 16), indexing="ij")
-        board = (((yy // 4) + (xx // 4)) % 2).float() * 2 - 1
-        img[..., : grid[1] * 8] = board[:, : grid[1] * 8]
-        return img
+        """Each token's 2x2 latent patch, channel 0, as a grey image of 16x16 px per token."""
+        latent = tokens_to_latent(x0.float(), grid)[:, :1]  # (B, 1, 2h, 2w)
+        grey = latent.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3).clamp(-1, 1)
+        return grey.expand(-1, 3, -1, -1)
 
 
-def run(config, batch=4, seed=0):
-    low = torch.randn(1, LOW[0] * LOW[1], DIM, generator=torch.Generator().manual_seed(123))
+def run(config, batch=4, seed=0, low=None):
+    config = config.resolve(3.0)
+    if low is None:
+        low = torch.randn(1, LOW[0] * LOW[1], DIM, generator=torch.Generator().manual_seed(123))
     adapter = DiracAdapter(low, config)
     noise = torch.randn(batch, 4 * LOW[0] * LOW[1], DIM, generator=torch.Generator().manual_seed(seed))
     gens = [torch.Generator().manual_seed(seed + 1 + b) for b in range(batch)]
@@ -83,26 +82,42 @@ def test_exact_model_lands_on_the_data(mode, position):
     assert result.stage_steps == (5, 6, 7) and result.model_calls == 18
 
 
-def _stats(eps, kept):
+def _copy_groups(up: torch.Tensor, mode: str) -> torch.Tensor:
+    """The renoised children (B, 4n, D) regrouped as (B, groups, 4): the four copies of one value.
+
+    Written from the operators' definitions, independently of ralu.layout: token_repeat copies a
+    whole token into its four children (same slot, consecutive children); latent_nearest copies
+    the parent's latent pixel (c, a, b) into the 2x2 patch (c, ·, ·) of child (a, b).
+    """
+    batch, count, dim = up.shape
+    children = up.view(batch, count // 4, 4, dim)  # B, parent, child (a b), value
+    if mode == "token_repeat":
+        return children.permute(0, 1, 3, 2).reshape(batch, -1, 4)  # groups over the children
+    return children.view(batch, count // 4, 4, dim // 4, 4).reshape(batch, -1, 4)  # groups over (p q) in a child
+
+
+def _stats(eps, kept, mode):
     stay, up = eps[:, :kept], eps[:, kept:]
-    children = up.unflatten(1, (-1, 4))  # token_repeat groups: same value slot across the 4 children
-    corr = (children[:, :, 0] * children[:, :, 1]).mean() / children.var()
+    groups = _copy_groups(up, mode)
+    corr = (groups[..., 0] * groups[..., 1]).mean() / groups.var()
     return stay.var().item(), up.mean().item(), up.var().item(), corr.item()
 
 
-def test_renoised_latents_are_white_at_the_scheduled_level():
+@pytest.mark.parametrize("mode", ["token_repeat", "latent_nearest"])
+def test_renoised_latents_are_white_at_the_scheduled_level(mode):
     # small Z makes every effect large: 1/Z² = 0.16
     config = RALUConfig(steps=(2, 2, 2), ends=(0.3, 0.5, 1.0), up_ratio=0.5, shifts=(3.0, 2.0, 2.0), noise_ratio=2.5,
-                        exact_kept_noise=True)
+                        exact_kept_noise=True, upsample=mode)
     adapter, result = run(config, batch=16)
     stage2 = adapter.starts[1]
     kept = 48 - 24
     n_up = stage2[:, kept:].numel()
-    stay_var, up_mean, up_var, corr = _stats(stage2, kept)
+    stay_var, up_mean, up_var, corr = _stats(stage2, kept, mode)
     err = math.sqrt(2 / n_up)  # standard error of a variance estimate from n normal samples
     assert abs(up_mean) < 5 / math.sqrt(n_up)
     assert abs(up_var - 1) < 5 * err and abs(stay_var - 1) < 5 * math.sqrt(2 / stage2[:, :kept].numel())
-    # uncorrelated renoising would leave a within-group correlation of (1/Z²)/(1+1/Z²) = 0.138
+    # uncorrelated renoising, or noise correlated over other groups than the copies, would leave a
+    # within-group correlation of (1/Z²)/(1+1/Z²) = 0.138 (about 20 standard errors here)
     assert abs(corr) < 5 * math.sqrt(1 / (n_up / 4))
     stage3 = adapter.starts[2]
     assert abs(stage3.var().item() - 1) < 5 * math.sqrt(2 / stage3.numel())
@@ -111,14 +126,24 @@ def test_renoised_latents_are_white_at_the_scheduled_level():
 def test_reference_kept_noise_is_one_over_z2_too_high():
     config = RALUConfig(steps=(2, 2, 2), ends=(0.3, 0.5, 1.0), up_ratio=0.5, shifts=(3.0, 2.0, 2.0), noise_ratio=2.5)
     adapter, _ = run(config, batch=16)
-    stay_var, _, up_var, _ = _stats(adapter.starts[1], 24)
+    stay_var, _, up_var, _ = _stats(adapter.starts[1], 24, "token_repeat")
     assert abs(stay_var - (1 + 1 / 2.5**2)) < 5 * math.sqrt(2 / adapter.starts[1][:, :24].numel())
     assert abs(up_var - 1) < 5 * math.sqrt(2 / adapter.starts[1][:, 24:].numel())
 
 
-def test_regions_follow_the_edges():
+def test_regions_follow_the_edges_of_the_clean_estimate():
+    """The data has edges in its left half only; the noisy latent has them everywhere.
+
+    The exact model's clean estimate at the end of stage 1 is the data itself, so region selection
+    fed the clean estimate picks tokens on the left; fed the noisy latent it would pick anywhere.
+    """
+    low = torch.zeros(1, LOW[0] * LOW[1], DIM)
+    board = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])  # a checkerboard inside each token's 2x2 patch
+    for row in range(LOW[0]):
+        for col in range(LOW[1] // 2):
+            low[0, row * LOW[1] + col, :4] = board.flatten()
     config = RALUConfig.preset("flux-dev-4x", up_ratio=0.25)
-    _, result = run(config, batch=2)
+    _, result = run(config, batch=2, low=low)
     mask = result.layout.mask()
     # 12 of 48 tokens, all inside the checkerboard half (columns 0-2 of 6)
     assert mask.sum().item() == 2 * 12
@@ -134,32 +159,80 @@ def test_baseline_is_a_single_full_resolution_stage():
     assert torch.allclose(result.latents, adapter.full.expand(2, -1, -1), atol=1e-4)
 
 
-def test_callback_sees_every_step_and_can_replace_latents():
+def test_callback_sees_every_step_with_stage_and_clean_estimate():
     seen = []
 
-    def callback(step, sigma, x):
-        seen.append((step, x.shape[1]))
-        return x * 1.0
+    def on_step(info):
+        seen.append(info)
+        return info.x * 1.0
 
-    low = torch.randn(1, 48, DIM)
-    config = RALUConfig.preset("flux-dev-7x")
-    sample(DiracAdapter(low, config), torch.randn(1, 192, DIM), config, (16, 12), callback=callback)
-    assert [s for s, _ in seen] == list(range(10))
-    assert [n for _, n in seen] == [48] * 2 + [48 - 4 + 16] * 3 + [192] * 5
+    config = RALUConfig.preset("flux-dev-7x").resolve(3.0)
+    adapter, result = run(config, batch=1)
+    low = adapter.low
+    adapter = DiracAdapter(low, config)
+    sample(adapter, torch.randn(1, 192, DIM), config, (16, 12), on_step=on_step)
+    assert [i.step for i in seen] == list(range(10)) and {i.total for i in seen} == {10}
+    assert [i.stage for i in seen] == [0] * 2 + [1] * 3 + [2] * 5
+    assert [i.resolution for i in seen] == ["low"] * 2 + ["mixed"] * 3 + ["full"] * 5
+    assert [i.index for i in seen] == [0, 1, 0, 1, 2, 0, 1, 2, 3, 4]
+    assert [i.x.shape[1] for i in seen] == [48] * 2 + [48 - 4 + 16] * 3 + [192] * 5
+    sigmas = [s for stage in config.stages for s in stage.sigmas[:-1]]
+    assert [i.sigma for i in seen] == sigmas
+    # the exact model's clean estimate is the data at every step (stage 3: the full-resolution data)
+    assert torch.allclose(seen[0].denoised, low, atol=1e-4)
+    assert torch.allclose(seen[-1].denoised, adapter.full, atol=1e-4)
+    assert seen[-1].grid == (16, 12) and seen[0].grid == LOW
 
 
-def test_interrupt_skips_the_remaining_steps():
+def test_callback_replacement_is_used():
+    config = RALUConfig.preset("flux-dev-7x").resolve(3.0)
+    adapter, _ = run(config, batch=1)
+    noise = torch.randn(1, 192, DIM)
+    plain = sample(DiracAdapter(adapter.low, config), noise, config, (16, 12)).latents
+    shifted = sample(DiracAdapter(adapter.low, config), noise, config, (16, 12),
+                     on_step=lambda info: info.x + 1 if info.step == 9 else None).latents
+    assert torch.allclose(shifted, plain + 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("stop_after, tokens", [(1, 48), (3, 48 - 4 + 16), (6, 192)])
+def test_interrupt_stops_and_returns_full_resolution_latents(stop_after, tokens):
     calls = []
-    low = torch.randn(1, 48, DIM)
-    config = RALUConfig.preset("flux-dev-7x")
-    sample(DiracAdapter(low, config), torch.randn(1, 192, DIM), config, (16, 12),
-           callback=lambda step, sigma, x: calls.append(step), interrupt=lambda: len(calls) >= 3)
-    assert calls == [0, 1, 2]
+
+    def on_step(info):
+        calls.append(info.x.shape[1])
+        if len(calls) == stop_after:
+            raise Interrupted
+
+    config = RALUConfig.preset("flux-dev-7x").resolve(3.0)
+    adapter, _ = run(config, batch=1)
+    result = sample(DiracAdapter(adapter.low, config), torch.randn(1, 192, DIM), config, (16, 12), on_step=on_step)
+    assert len(calls) == stop_after and calls[-1] == tokens
+    assert result.interrupted and result.latents.shape == (1, 192, DIM) and result.model_calls == stop_after
+
+
+def test_a_stage_that_goes_non_finite_is_named():
+    config = RALUConfig.preset("flux-dev-7x").resolve(3.0)
+    adapter, _ = run(config, batch=1)
+
+    class Exploding(DiracAdapter):
+        def velocity(self, x, prepared, sigma, step=None):
+            v = super().velocity(x, prepared, sigma, step)
+            return v * float("inf") if step.stage == 1 and step.index == 1 else v
+
+    with pytest.raises(FloatingPointError, match=r"stage 2 \(mixed\) produced non-finite latents at its step 2 of 3"):
+        sample(Exploding(adapter.low, config), torch.randn(1, 192, DIM), config, (16, 12))
+
+
+def test_an_auto_config_must_be_resolved_first():
+    config = RALUConfig(steps=(2, 3, 5), ends=(0.2, 0.3, 1.0), up_ratio=0.1)
+    adapter, _ = run(RALUConfig.preset("flux-dev-7x"), batch=1)
+    with pytest.raises(ValueError, match=r"base_shift is 'auto': resolve it first"):
+        sample(adapter, torch.randn(1, 192, DIM), config, (16, 12))
 
 
 def test_odd_grid_is_rejected():
     low = torch.randn(1, 48, DIM)
-    config = RALUConfig.preset("flux-dev-4x")
+    config = RALUConfig.preset("flux-dev-4x").resolve(3.0)
     with pytest.raises(ValueError, match="even token grid"):
         sample(DiracAdapter(low, config), torch.randn(1, 15 * 12, DIM), config, (15, 12))
 
@@ -168,7 +241,7 @@ def test_odd_grid_is_rejected():
 def test_stage_one_starts_from_the_configured_noise_downsampling(mode):
     from ralu.layout import downsample_tokens
 
-    config = RALUConfig.preset("flux-dev-4x", noise_downsample=mode)
+    config = RALUConfig.preset("flux-dev-4x", noise_downsample=mode).resolve(3.0)
     adapter, result = run(config, batch=2, seed=5)
     noise = torch.randn(2, 4 * LOW[0] * LOW[1], DIM, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(adapter.starts[0], downsample_tokens(noise, (2 * LOW[0], 2 * LOW[1]), mode))

@@ -8,7 +8,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
 from ralu import Baseline, RALUConfig, RALUFluxPipeline, solve_ntdm
 from ralu.caching import IDENTITY_COEFFICIENTS, TeaCacheConfig, apply_teacache, remove_teacache
-from ralu.tiny import tiny_flux_components
+from ralu.testing import tiny_flux_components
 
 SIZE = 256
 
@@ -32,7 +32,7 @@ def schnell(schnell_path):
 def test_preset_is_ntdm_at_base_shift_one():
     preset = RALUConfig.preset("flux-schnell-2x")
     shifts, ratio = solve_ntdm(preset.steps, preset.ends, 1.0)
-    assert preset.base_shift == 1.0 and preset.steps == (2, 1, 1)
+    assert preset.solved_shift == 1.0 and preset.steps == (2, 1, 1)
     assert preset.shifts == pytest.approx(shifts, abs=1e-3) and preset.noise_ratio == pytest.approx(ratio, abs=1e-3)
 
 
@@ -48,7 +48,13 @@ def test_schnell_baseline_matches_stock(schnell_path, schnell):
     kwargs = dict(prompt="a red circle", latents=latents, height=SIZE, width=SIZE, output_type="latent")
     expected = stock(num_inference_steps=4, **kwargs).images
     ours = schnell(config=Baseline(4), **kwargs).images
-    assert torch.allclose(ours, expected, atol=1e-5, rtol=0)
+    assert torch.equal(ours, expected)  # the scheduler's own σ grid: bit for bit
+
+
+def test_a_static_shift_keeps_the_preset_at_every_size(schnell):
+    preset = RALUConfig.preset("flux-schnell-2x")
+    for tokens in (256, 1024, 4096, 16384):
+        assert schnell.resolve_schedule(preset, tokens) == preset.replace(base_shift=1.0)
 
 
 def test_schnell_with_teacache_and_first_block_cache(schnell):

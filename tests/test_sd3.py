@@ -9,10 +9,10 @@ import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
 from ralu import Baseline, RALUConfig, RALUStableDiffusion3Pipeline
+from ralu.adapters.base import Conditioning
 from ralu.adapters.sd3 import SD3Adapter, crop_origin, table_coordinates, table_embedding
 from ralu.layout import MixedLayout, grid_positions, low_positions
-from ralu.sampler import Step
-from ralu.tiny import TINY_SD35_BLOCKS, save_tiny_sd3
+from ralu.testing import TINY_SD35_BLOCKS, save_tiny_sd3
 
 SIZE = 128  # 16x16 latent, 8x8 full-res tokens, 4x4 low-res; the tiny table has 24x24 cells
 PROMPTS = ["a red circle left of a blue square", "a yellow star"]
@@ -68,10 +68,6 @@ def embeds(pipe):
     return pipe.encode_prompt(PROMPTS, None, None, max_sequence_length=16)
 
 
-def at(sigma: float) -> Step:
-    return Step(stage=0, index=1, steps=10, sigma=torch.tensor(sigma), step_global=1)
-
-
 def test_from_pretrained_and_from_pipe(sd3_path, stock_pipe, pipe):
     loaded = load(sd3_path)
     assert isinstance(loaded, RALUStableDiffusion3Pipeline) and loaded.default_preset == "sd3-2x"
@@ -100,9 +96,9 @@ def test_adapter_equals_stock_forward_on_uniform_grids(variant, full_latent, sto
             stock = transformer(hidden_states=latents, encoder_hidden_states=text, pooled_projections=pooled,
                                 timestep=torch.full([batch], 700.0), return_dict=False)[0]
             for convention in ("low_grid", "stock_then_full"):  # the two whose stage 1 is the stock half-res forward
-                adapter = SD3Adapter(transformer, None, text, pooled, full_grid, table_positions=convention)
+                adapter = SD3Adapter(transformer, Conditioning(text, pooled), full_grid, table_positions=convention)
                 positions = grid_positions(grid).expand(batch, -1, -1)
-                ours = adapter.velocity(pack(latents), adapter.prepare_positions(positions, grid), at(0.7))
+                ours = adapter.velocity(pack(latents), adapter.prepare_positions(positions, grid), 0.7)
                 assert torch.equal(ours, pack(stock)), (variant, batch, latent_size, convention)
 
 
@@ -123,9 +119,9 @@ def test_table_embedding_reads_the_checkpoint_table_and_the_formula_between_cell
         latents, text, pooled = torch.randn(1, 16, 32, 32), torch.randn(1, 7, 32), torch.randn(1, 32)
         stock = transformer(hidden_states=latents, encoder_hidden_states=text, pooled_projections=pooled,
                             timestep=torch.full([1], 500.0), return_dict=False)[0]
-        adapter = SD3Adapter(transformer, None, text, pooled, (16, 16))
+        adapter = SD3Adapter(transformer, Conditioning(text, pooled), (16, 16))
         positions = adapter.prepare_positions(grid_positions((16, 16))[None], (16, 16))
-        assert torch.equal(adapter.velocity(pack(latents), positions, at(0.5)), pack(stock))
+        assert torch.equal(adapter.velocity(pack(latents), positions, 0.5), pack(stock))
     finally:
         patch_embed.pos_embed.copy_(table[None])
 
@@ -248,8 +244,8 @@ def test_bfloat16_runs_and_stays_stock_exact_on_a_uniform_grid(sd35_path):
     latents, text, pooled = (torch.randn(*shape).to(torch.bfloat16) for shape in ((1, 16, 16, 16), (1, 7, 32), (1, 32)))
     stock = transformer(hidden_states=latents, encoder_hidden_states=text, pooled_projections=pooled,
                         timestep=torch.full([1], 300.0), return_dict=False)[0]
-    adapter = SD3Adapter(transformer, None, text, pooled, (8, 8))
-    ours = adapter.velocity(pack(latents), adapter.prepare_positions(grid_positions((8, 8))[None], (8, 8)), at(0.3))
+    adapter = SD3Adapter(transformer, Conditioning(text, pooled), (8, 8))
+    ours = adapter.velocity(pack(latents), adapter.prepare_positions(grid_positions((8, 8))[None], (8, 8)), 0.3)
     assert ours.dtype == torch.bfloat16 and torch.equal(ours, pack(stock))
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 pytest.importorskip("skimage")
 
-from ralu import toy  # noqa: E402
+from ralu.demo import model as toy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def bench(load_benchmark):
-    return load_benchmark("sd3_positions")
+def bench():
+    return importlib.import_module("ralu.bench.positions")
 
 
 def test_velocity_errors_agree_where_conventions_coincide(bench):
@@ -43,7 +45,7 @@ def test_cli_runs_the_whole_benchmark_on_a_saved_sd3_toy(tmp_path, capsys):
 
     toy.save_toy(toy.build_toy(2, "sd3"), tmp_path / "model")
     out = tmp_path / "out"
-    assert main(["bench", "--positions", "--model", str(tmp_path / "model"), "--out", str(out), "--scenes", "2",
+    assert main(["bench", "positions", "--model", str(tmp_path / "model"), "--out", str(out), "--scenes", "2",
                  "--prompts", "1", "--seeds", "1", "--threads", "1"]) == 0
     text = (out / "sd3_positions.md").read_text()
     for name in ("baseline 28", "low_grid (sd3-3x)", "stock_then_full (sd3-2x)", "full_grid center (sd3-3x)",

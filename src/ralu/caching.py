@@ -14,11 +14,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from diffusers.hooks import HookRegistry
+from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
+from diffusers.hooks._helpers import TransformerBlockRegistry
+from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
+
+from .adapters.common import cache_context, reset_cache_state
+
+__all__ = ["TeaCacheConfig", "TeaCacheStats", "apply_teacache", "cache_context", "remove_teacache",
+           "reset_cache_state", "transformer_blocks"]
 
 # TeaCache's rescaling polynomial for FLUX.1-dev (highest power first), from the TeaCache
 # authors' TeaCache4FLUX: fitted to map the modulated-input change onto the model-output change
@@ -29,34 +36,6 @@ IDENTITY_COEFFICIENTS = (1.0, 0.0)
 
 _HEAD_HOOK = "ralu_teacache_head"
 _BLOCK_HOOK = "ralu_teacache_block"
-
-
-def reset_cache_state(transformer: torch.nn.Module) -> None:
-    """Forget every stateful hook's state (cached residuals, step counters) under ``transformer``.
-
-    Called at each stage boundary: cache hooks keep tensors shaped like the previous call and
-    count the steps of one schedule, while a new stage has a new token count and its own steps
-    (DIFFUSERS-NOTES.md §4). This is what ``CacheMixin._reset_stateful_cache`` does, for any model.
-    """
-    from diffusers.hooks import HookRegistry
-
-    HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks(recurse=True)
-
-
-@contextmanager
-def cache_context(transformer: torch.nn.Module, name: str, **where) -> Iterator[None]:
-    """``transformer.cache_context(name, **where)`` for any model, CacheMixin or not (SD3 is not)."""
-    if hasattr(transformer, "cache_context"):
-        with transformer.cache_context(name, **where):
-            yield
-        return
-    from diffusers.hooks.hooks import CacheContext, _set_cache_context
-
-    _set_cache_context(transformer, CacheContext(name, **where))
-    try:
-        yield
-    finally:
-        _set_cache_context(transformer, None)
 
 
 @dataclass(frozen=True)
@@ -82,105 +61,101 @@ class TeaCacheConfig:
         return out
 
 
-def _hooks():
-    """The hook classes, built on first use so that importing ralu does not import diffusers."""
-    from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
-    from diffusers.hooks._helpers import TransformerBlockRegistry
-    from diffusers.hooks.hooks import BaseState, ModelHook
+class TeaCacheState(BaseState):
+    """Per-run state of the TeaCache hooks: the last modulated input, the accumulated change, the residual."""
 
-    class TeaCacheState(BaseState):
-        def __init__(self) -> None:
-            self.reset()
+    def __init__(self) -> None:
+        self.reset()
 
-        def reset(self) -> None:
-            self.previous_modulated: torch.Tensor | None = None
-            self.accumulated = 0.0
-            self.head_input: torch.Tensor | None = None
-            self.residual: torch.Tensor | None = None
-            self.should_compute = True
+    def reset(self) -> None:
+        self.previous_modulated: torch.Tensor | None = None
+        self.accumulated = 0.0
+        self.head_input: torch.Tensor | None = None
+        self.residual: torch.Tensor | None = None
+        self.should_compute = True
 
-    class _BlockHook(ModelHook):
-        _is_stateful = True
 
-        def __init__(self, state_manager, stats: TeaCacheStats, is_head=False, is_tail=False,
-                     config: TeaCacheConfig | None = None):
-            super().__init__()
-            self.state_manager, self.stats, self.config = state_manager, stats, config
-            self.is_head, self.is_tail = is_head, is_tail
-            self._metadata = None
+class TeaCacheBlockHook(ModelHook):
+    """The hook on each transformer block; the head block decides, the tail block stores the residual."""
 
-        def initialize_hook(self, module):
-            from diffusers.utils.torch_utils import unwrap_module
+    _is_stateful = True
 
-            self._metadata = TransformerBlockRegistry.get(unwrap_module(module).__class__)
-            return module
+    def __init__(self, state_manager: StateManager, stats: TeaCacheStats, is_head: bool = False,
+                 is_tail: bool = False, config: TeaCacheConfig | None = None):
+        super().__init__()
+        self.state_manager, self.stats, self.config = state_manager, stats, config
+        self.is_head, self.is_tail = is_head, is_tail
+        self._metadata = None
 
-        def reset_state(self, module):
-            self.state_manager.reset()
-            return module
+    def initialize_hook(self, module):
+        from diffusers.utils.torch_utils import unwrap_module
 
-        def _arg(self, name, args, kwargs):
-            return self._metadata._get_parameter_from_args_kwargs(name, args, kwargs)
+        self._metadata = TransformerBlockRegistry.get(unwrap_module(module).__class__)
+        return module
 
-        def _pack(self, hidden, encoder):
-            if self._metadata.return_encoder_hidden_states_index is None:
-                return hidden
-            out = [None, None]
-            out[self._metadata.return_hidden_states_index] = hidden
-            out[self._metadata.return_encoder_hidden_states_index] = encoder
-            return tuple(out)
+    def reset_state(self, module):
+        self.state_manager.reset()
+        return module
 
-        @torch.compiler.disable
-        def _decide(self, state, modulated: torch.Tensor) -> bool:
-            context = self.state_manager.context
-            previous, state.previous_modulated = state.previous_modulated, modulated
-            first = previous is None or previous.shape != modulated.shape or state.residual is None
-            last = (context.step_index is not None and context.num_inference_steps is not None
-                    and context.step_index >= context.num_inference_steps - 1)
-            if first or last or context.step_index == 0:
-                state.accumulated = 0.0
-                return True
-            change = ((modulated - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12)).item()
-            state.accumulated += self.config.rescale(change)
-            if state.accumulated < self.config.threshold:
-                return False
+    def _arg(self, name, args, kwargs):
+        return self._metadata._get_parameter_from_args_kwargs(name, args, kwargs)
+
+    def _pack(self, hidden, encoder):
+        if self._metadata.return_encoder_hidden_states_index is None:
+            return hidden
+        out = [None, None]
+        out[self._metadata.return_hidden_states_index] = hidden
+        out[self._metadata.return_encoder_hidden_states_index] = encoder
+        return tuple(out)
+
+    @torch.compiler.disable
+    def _decide(self, state: TeaCacheState, modulated: torch.Tensor) -> bool:
+        context = self.state_manager.context
+        previous, state.previous_modulated = state.previous_modulated, modulated
+        first = previous is None or previous.shape != modulated.shape or state.residual is None
+        last = (context.step_index is not None and context.num_inference_steps is not None
+                and context.step_index >= context.num_inference_steps - 1)
+        if first or last or context.step_index == 0:
             state.accumulated = 0.0
             return True
+        change = ((modulated - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12)).item()
+        state.accumulated += self.config.rescale(change)
+        if state.accumulated < self.config.threshold:
+            return False
+        state.accumulated = 0.0
+        return True
 
-        def new_forward(self, module, *args, **kwargs):
-            state = self.state_manager.get_state()
-            hidden = self._arg("hidden_states", args, kwargs)
-            encoder = (self._arg("encoder_hidden_states", args, kwargs)
-                       if self._metadata.return_encoder_hidden_states_index is not None else None)
-            if self.is_head:
-                temb = self._arg("temb", args, kwargs)
-                modulated = module.norm1(hidden, emb=temb)[0]
-                state.should_compute = self._decide(state, modulated)
-                if state.should_compute:
-                    state.head_input = hidden
-                    self.stats.computed += 1
-                else:
-                    self.stats.skipped += 1
-                self.stats.decisions.append(state.should_compute)
+    def new_forward(self, module, *args, **kwargs):
+        state = self.state_manager.get_state()
+        hidden = self._arg("hidden_states", args, kwargs)
+        encoder = (self._arg("encoder_hidden_states", args, kwargs)
+                   if self._metadata.return_encoder_hidden_states_index is not None else None)
+        if self.is_head:
+            temb = self._arg("temb", args, kwargs)
+            modulated = module.norm1(hidden, emb=temb)[0]
+            state.should_compute = self._decide(state, modulated)
             if state.should_compute:
-                output = self.fn_ref.original_forward(*args, **kwargs)
-                if self.is_tail:
-                    out_hidden = output[self._metadata.return_hidden_states_index] if isinstance(output, tuple) else output
-                    state.residual = out_hidden - state.head_input
-                return output
+                state.head_input = hidden
+                self.stats.computed += 1
+            else:
+                self.stats.skipped += 1
+            self.stats.decisions.append(state.should_compute)
+        if state.should_compute:
+            output = self.fn_ref.original_forward(*args, **kwargs)
             if self.is_tail:
-                return self._pack(hidden + state.residual, encoder)
-            return self._pack(hidden, encoder)
-
-    return TeaCacheState, _BlockHook, _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
+                out_hidden = output[self._metadata.return_hidden_states_index] if isinstance(output, tuple) else output
+                state.residual = out_hidden - state.head_input
+            return output
+        if self.is_tail:
+            return self._pack(hidden + state.residual, encoder)
+        return self._pack(hidden, encoder)
 
 
 def transformer_blocks(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """The transformer's blocks in call order (``transformer_blocks`` then ``single_transformer_blocks``)."""
-    _, _, identifiers = _hooks()
     blocks = []
     for name, child in transformer.named_children():
-        if name in identifiers and isinstance(child, torch.nn.ModuleList):
+        if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, torch.nn.ModuleList):
             blocks.extend((f"{name}.{i}", block) for i, block in enumerate(child))
     return blocks
 
@@ -218,16 +193,12 @@ def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig = TeaCac
     ``cache_context`` (RALU's adapters do this; with a stock pipeline wrap the call yourself,
     as FluxPipeline already does). Remove with :func:`remove_teacache`.
     """
-    from diffusers.hooks import HookRegistry
-    from diffusers.hooks.hooks import StateManager
-
-    state_cls, hook_cls, _ = _hooks()
     blocks = transformer_blocks(transformer)
     if len(blocks) < 2:
         raise ValueError(f"TeaCache needs at least two transformer blocks, found {len(blocks)}")
-    manager, stats = StateManager(state_cls), TeaCacheStats()
+    manager, stats = StateManager(TeaCacheState), TeaCacheStats()
     for index, (_, block) in enumerate(blocks):
-        hook = hook_cls(manager, stats, is_head=index == 0, is_tail=index == len(blocks) - 1, config=config)
+        hook = TeaCacheBlockHook(manager, stats, is_head=index == 0, is_tail=index == len(blocks) - 1, config=config)
         HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _HEAD_HOOK if index == 0 else _BLOCK_HOOK)
     # the root registry caches its list of child registries; new child hooks must be seen
     HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
@@ -236,8 +207,6 @@ def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig = TeaCac
 
 def remove_teacache(transformer: torch.nn.Module) -> None:
     """Remove the hooks :func:`apply_teacache` registered."""
-    from diffusers.hooks import HookRegistry
-
     for index, (_, block) in enumerate(transformer_blocks(transformer)):
         HookRegistry.check_if_exists_or_initialize(block).remove_hook(_HEAD_HOOK if index == 0 else _BLOCK_HOOK,
                                                                        recurse=False)

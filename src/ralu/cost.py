@@ -1,4 +1,4 @@
-"""Analytic FLOPs of FLUX and SD3 transformer calls and of whole sampling schedules (DESIGN.md §8).
+"""Analytic FLOPs of FLUX and SD3 transformer calls and of whole sampling schedules (docs/method.md, "Cost").
 
 Counts follow the block structure of diffusers' ``FluxTransformer2DModel`` and
 ``SD3Transformer2DModel`` (SD3 and SD3.5 blocks). A multiply-add is
@@ -269,6 +269,12 @@ def combined_speedup(
     return CombinedSpeedup(base / plain, plain / cached if cached else float("inf"))
 
 
+def matched_steps(schedule: RALUConfig | Baseline, baseline_steps: int, full_tokens: int,
+                  model_config: Mapping[str, Any] = FLUX_DEV_CONFIG, text_tokens: int = 512) -> int:
+    """Stock-schedule steps with the schedule's transformer FLOPs: ``round(baseline_steps / speedup)``, at least 1."""
+    return max(1, round(baseline_steps / speedup(schedule, full_tokens, baseline_steps, model_config, text_tokens)))
+
+
 def speedup(
     schedule: RALUConfig | Baseline,
     full_tokens: int,
@@ -279,7 +285,7 @@ def speedup(
     """Transformer-FLOPs ratio: ``Baseline(baseline_steps)`` at full resolution over ``schedule``.
 
     Transformer calls only. The text encoders, the final VAE decode and RALU's low-res decode
-    for region selection are extra, fixed costs that an end-to-end figure must add (DESIGN.md §8).
+    for region selection are extra, fixed costs that an end-to-end figure must add (docs/method.md, "Cost").
     """
     baseline = schedule_cost(Baseline(baseline_steps), full_tokens, model_config, text_tokens)
     return baseline.total / schedule_cost(schedule, full_tokens, model_config, text_tokens).total

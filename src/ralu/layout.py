@@ -1,4 +1,4 @@
-"""Bookkeeping of mixed-resolution token sequences (DESIGN.md §2, §4, §7).
+"""Bookkeeping of mixed-resolution token sequences (docs/method.md).
 
 Conventions, shared by every model adapter:
 - A token is a ``p×p`` patch (p = 2) of a C-channel latent, stored channel-major as ``(C, p, p)``
@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-PATCH = 2
-CHILD_OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))
+from .config import CHILDREN
+
+PATCH = 2  # a token packs a PATCH × PATCH latent patch
+CHILD_OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))  # the CHILDREN of a low-res token, row-major
 
 
 def _as_patches(x: torch.Tensor) -> torch.Tensor:
@@ -48,7 +50,7 @@ def downsample_tokens(x: torch.Tensor, grid: tuple[int, int], mode: str = "neare
 
     x: (B, h·w, D) tokens in raster order on the full grid ``grid = (h, w)``.
     mode: "nearest" keeps every second latent pixel per side, the top-left pixel of each 2×2
-    block (DESIGN.md §2, as ``F.interpolate(mode="nearest")``); "block_sum" takes each block's sum / 2
+    block (docs/method.md §2, as ``F.interpolate(mode="nearest")``); "block_sum" takes each block's sum / 2
     (2 × its mean: four disjoint unit-variance values, so still unit variance and independent),
     which keeps the noise's low frequencies, those a full-resolution run starts from.
     Returns (B, h/2·w/2, D).
@@ -72,10 +74,11 @@ def upsample_tokens(x: torch.Tensor, mode: str) -> torch.Tensor:
         of the parent's latent pixel (a, b).
     """
     if mode == "token_repeat":
-        return x.repeat_interleave(4, dim=1)
+        return x.repeat_interleave(CHILDREN, dim=1)
     if mode == "latent_nearest":
         pixels = _as_patches(x).flatten(-2)  # B, n, C, (a b)
-        children = pixels.transpose(-1, -2)[..., None].expand(*pixels.shape[:2], 4, pixels.shape[2], PATCH * PATCH)
+        children = pixels.transpose(-1, -2)[..., None].expand(*pixels.shape[:2], CHILDREN, pixels.shape[2],
+                                                                PATCH * PATCH)
         return children.flatten(-2).flatten(1, 2)  # B, (n a b), (C p q)
     raise ValueError(f"upsample must be one of ('token_repeat', 'latent_nearest'), got {mode!r}")
 
@@ -86,9 +89,9 @@ def pool_tokens(y: torch.Tensor, mode: str) -> torch.Tensor:
     This is ``Uᵀ/4``; ``pool_tokens(upsample_tokens(x)) == x``.
     """
     if mode == "token_repeat":
-        return y.unflatten(1, (-1, 4)).mean(dim=2)
+        return y.unflatten(1, (-1, CHILDREN)).mean(dim=2)
     if mode == "latent_nearest":
-        children = _as_patches(y).flatten(-2).unflatten(1, (-1, 4))  # B, n, (a b), C, (p q)
+        children = _as_patches(y).flatten(-2).unflatten(1, (-1, CHILDREN))  # B, n, (a b), C, (p q)
         parent_pixels = children.mean(dim=-1).transpose(-1, -2)  # B, n, C, (a b)
         return parent_pixels.flatten(-2)
     raise ValueError(f"upsample must be one of ('token_repeat', 'latent_nearest'), got {mode!r}")

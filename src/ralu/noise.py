@@ -1,4 +1,4 @@
-"""Noise for RALU's renoising at resolution changes (DESIGN.md §3). Torch only.
+"""Noise for RALU's renoising at resolution changes (docs/method.md §3). Torch only.
 
 After upsampling by a replication operator U (each value copied into a group of k positions),
 the renoised latent ``x' = β·U(x) + α·n'`` is exactly on the flow path when ``n'`` has covariance

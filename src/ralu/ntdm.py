@@ -1,4 +1,4 @@
-"""NT-DM: choose per-stage shifts H and the noise ratio Z of a RALU schedule (DESIGN.md §5).
+"""NT-DM: choose per-stage shifts H and the noise ratio Z of a RALU schedule (docs/method.md §5).
 
 On progress t ∈ [0, 1] (0 = pure noise, 1 = clean), with base shift h0:
 
@@ -9,7 +9,7 @@ On progress t ∈ [0, 1] (0 = pure noise, 1 = clean), with base shift h0:
 
 and (H_1..H_K, Z) minimise the Jensen-Shannon distance between P* and P.
 
-Numerical variant (chosen because it reproduces both FLUX reference results of DESIGN.md §5
+Numerical variant (chosen because it reproduces both FLUX reference results of docs/method.md §5
 to 1e-3; other grids or minimisers land up to ~0.1 away on H_1 and Z, because the objective
 is flat along H_1 and piecewise in Z, where grid points cross the stage boundaries):
 

@@ -1,4 +1,4 @@
-"""Edge-based choice of the regions RALU upsamples first (DESIGN.md §2).
+"""Edge-based choice of the regions RALU upsamples first (docs/method.md §2).
 
 Decoded clean estimates → grey → Canny → edge pixels counted in each low-res token's
 footprint → the top ``k`` tokens per sample.

@@ -1,4 +1,4 @@
-"""Stage noise-level grids and the renoising coefficients of RALU (DESIGN.md §2, §3).
+"""Stage noise-level grids and the renoising coefficients of RALU (docs/method.md §2, §3).
 
 Progress ``p = 1 - σ`` runs 0 (pure noise) → 1 (clean). Every function here is pure
 Python/numpy; nothing imports torch or diffusers.
@@ -6,7 +6,10 @@ Python/numpy; nothing imports torch or diffusers.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +46,7 @@ def renoise_coefficients(end: float, noise_ratio: float) -> tuple[float, float]:
     """``(α, β)`` of the renoising ``x' = β·U(x) + α·n'`` after a stage ending at progress ``end``.
 
     ``β = 1/(Z·(1-e) + e)`` rescales the signal to the restart progress ``s = β·e`` and
-    ``α = 1 - s`` is the noise level the new stage starts from (DESIGN.md §3).
+    ``α = 1 - s`` is the noise level the new stage starts from (docs/method.md §3).
     """
     beta = 1.0 / (noise_ratio * (1.0 - end) + end)
     return 1.0 - beta * end, beta
@@ -66,3 +69,20 @@ class Stage:
     @property
     def steps(self) -> int:
         return len(self.sigmas) - 1
+
+
+def dynamic_shift_mu(scheduler_config: Mapping[str, Any], image_tokens: int) -> float:
+    """Resolution-dependent μ of FLUX-style dynamic shifting (diffusers' ``calculate_shift``): linear in the
+    image token count between ``(base_image_seq_len, base_shift)`` and ``(max_image_seq_len, max_shift)``
+    of the scheduler config."""
+    c = scheduler_config
+    slope = (c["max_shift"] - c["base_shift"]) / (c["max_image_seq_len"] - c["base_image_seq_len"])
+    return image_tokens * slope + c["base_shift"] - slope * c["base_image_seq_len"]
+
+
+def shift_of_mu(scheduler_config: Mapping[str, Any], mu: float | None) -> float:
+    """The shift h that ``σ = h·u / (1 + (h-1)·u)`` applies for a scheduler config and a run's μ:
+    ``exp(μ)`` (or μ for ``time_shift_type="linear"``) with dynamic shifting, else the static ``shift``."""
+    if not scheduler_config.get("use_dynamic_shifting", False) or mu is None:
+        return float(scheduler_config.get("shift", 1.0))
+    return math.exp(mu) if scheduler_config.get("time_shift_type", "exponential") == "exponential" else float(mu)

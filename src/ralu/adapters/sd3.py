@@ -1,7 +1,7 @@
 """Stable Diffusion 3 / 3.5 behind the sampler's adapter interface: tokens, table positions, velocity, decode.
 
 ``SD3Transformer2DModel.forward`` embeds one whole latent image: a stride-2 convolution, then a
-centre crop of its sin-cos position table is added (DIFFUSERS-NOTES.md §3). A mixed-resolution
+centre crop of its sin-cos position table is added (docs/method.md §4). A mixed-resolution
 sequence has no such image, so :func:`transformer_tokens` runs the same model on tokens: the
 stock patch convolution (on the latent image when the tokens form a raster grid, else on each
 token's own patch), the sin-cos embedding evaluated at each token's (possibly fractional) table
@@ -21,11 +21,10 @@ import torch
 from diffusers.models.embeddings import get_1d_sincos_pos_embed_from_grid
 from diffusers.utils.peft_utils import apply_lora_scale
 
-from ..caching import cache_context, reset_cache_state
 from ..config import TABLE_POSITIONS
 from ..layout import PATCH, grid_positions, tokens_to_latent
-from ..sampler import Step
-from .flux import vae_decode
+from .base import TIMESTEP_SCALE, Conditioning
+from .common import AdapterBase, Decoder, Guidance
 
 
 def crop_origin(table_size: int, grid: tuple[int, int]) -> tuple[int, int]:
@@ -134,34 +133,27 @@ class SD3Positions:
     raster: tuple[int, int] | None = None
 
 
-class SD3Adapter:
-    """Velocity and decode for an ``SD3Transformer2DModel`` with fixed prompt conditioning.
+class SD3Adapter(AdapterBase):
+    """Velocity of an ``SD3Transformer2DModel`` with fixed prompt conditioning.
 
-    prompt_embeds: (B, T, J) joint CLIP+T5 states; pooled_prompt_embeds: (B, P).
-    negative: (embeds, pooled) of the negative prompt; with ``guidance_scale > 1`` every step runs
-        ``[uncond, cond]`` as one batch and returns the guided velocity, as StableDiffusion3Pipeline.
+    conditioning: joint CLIP+T5 states (B, T, J) as ``embeds``, pooled (B, P) as ``pooled``.
+    guidance: classifier-free guidance; every step runs ``[uncond, cond]`` as one batch and returns
+        the guided velocity, as StableDiffusion3Pipeline.
     full_grid: (h, w) full-resolution token grid of the run; table_positions: the
         ``RALUConfig.table_positions`` convention (see :func:`table_coordinates`).
     """
 
-    def __init__(self, transformer, vae, prompt_embeds: torch.Tensor, pooled_prompt_embeds: torch.Tensor,
-                 full_grid: tuple[int, int], negative: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 guidance_scale: float = 1.0, joint_attention_kwargs: dict | None = None,
-                 table_positions: str = "stock_then_full"):
+    batched_guidance = True
+
+    def __init__(self, transformer, conditioning: Conditioning, full_grid: tuple[int, int],
+                 guidance: Guidance | None = None, *, table_positions: str = "stock_then_full",
+                 joint_attention_kwargs: dict | None = None, vae=None, decoder: Decoder | None = None):
         if table_positions not in TABLE_POSITIONS:
             raise ValueError(f"table_positions must be one of {TABLE_POSITIONS}, got {table_positions!r}")
         if transformer.config.patch_size != PATCH:
             raise ValueError(f"ralu's tokens are {PATCH}x{PATCH} patches; the transformer has "
                              f"patch_size={transformer.config.patch_size}")
-        self.transformer = transformer
-        self.vae = vae
-        self.guided = negative is not None and guidance_scale > 1
-        if self.guided:
-            prompt_embeds = torch.cat([negative[0], prompt_embeds])
-            pooled_prompt_embeds = torch.cat([negative[1], pooled_prompt_embeds])
-        self.prompt_embeds = prompt_embeds
-        self.pooled_prompt_embeds = pooled_prompt_embeds
-        self.guidance_scale = guidance_scale
+        super().__init__(transformer, conditioning, guidance, vae=vae, decoder=decoder)
         self.full_grid = tuple(full_grid)
         self.table_positions = table_positions
         self.joint_attention_kwargs = dict(joint_attention_kwargs or {})
@@ -180,27 +172,15 @@ class SD3Adapter:
         raster = positions.shape[1] == cells.shape[0] and bool((positions.floor() == cells).all())
         return SD3Positions(table_embedding(patch_embed, coords), tuple(grid) if raster else None)
 
-    def velocity(self, x: torch.Tensor, positions: SD3Positions, step: Step) -> torch.Tensor:
-        """x (B, S, 4C) tokens at noise level ``step.sigma`` → the (guided) velocity, same shape and dtype."""
-        if step.index == 0:
-            reset_cache_state(self.transformer)
+    def duplicate_positions(self, positions: SD3Positions) -> SD3Positions:
         embedding = positions.embedding
-        if self.guided:
-            x = torch.cat([x, x])
-            embedding = embedding if embedding.shape[0] == 1 else torch.cat([embedding, embedding])
-        # the stock pipeline's timestep: σ·1000 in float32 (the scheduler's timesteps)
-        timestep = (step.sigma * 1000).to(torch.float32).expand(x.shape[0])
-        where = dict(step_index=step.index, num_inference_steps=step.steps, timestep=step.sigma * 1000,
-                     sigma=step.level)
-        with cache_context(self.transformer, "cond", **where):
-            v = transformer_tokens(self.transformer, x, embedding, self.prompt_embeds, self.pooled_prompt_embeds,
-                                   timestep, raster=positions.raster,
-                                   joint_attention_kwargs=self.joint_attention_kwargs)
-        if self.guided:
-            v_uncond, v_cond = v.chunk(2)
-            v = v_uncond + self.guidance_scale * (v_cond - v_uncond)
-        return v
+        if embedding.shape[0] == 1:
+            return positions
+        return SD3Positions(torch.cat([embedding, embedding]), positions.raster)
 
-    def decode(self, x0: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Clean tokens (B, h·w, 64) → images (B, 3, 16h, 16w) in [-1, 1], through SD3's VAE."""
-        return vae_decode(self.vae, tokens_to_latent(x0, grid))
+    def forward(self, x: torch.Tensor, positions: SD3Positions, sigma: torch.Tensor,
+                conditioning: Conditioning) -> torch.Tensor:
+        # the stock pipeline's timestep: σ·1000 in float32 (the scheduler's timesteps)
+        timestep = (sigma * TIMESTEP_SCALE).to(torch.float32).expand(x.shape[0])
+        return transformer_tokens(self.transformer, x, positions.embedding, conditioning.embeds, conditioning.pooled,
+                                  timestep, raster=positions.raster, joint_attention_kwargs=self.joint_attention_kwargs)

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 from diffusers import FluxPipeline
 
+from ..adapters.base import Conditioning
+from ..adapters.common import Guidance
 from ..adapters.flux import FluxAdapter
 from ..config import Baseline, RALUConfig
-from ..sampler import sample
-from .common import (check_batch, check_output_type, check_size, effective_batch, make_output,
-                     resolve_baseline_shift, resolve_config, stage_progress, step_callback)
+from .common import (RALUPipelineMixin, check_batch, check_negative_batch, check_number, check_output_type, check_size,
+                     effective_batch, make_output, resolve_config)
 
 
-class RALUFluxPipeline(FluxPipeline):
+class RALUFluxPipeline(RALUPipelineMixin, FluxPipeline):
     """A FluxPipeline whose ``__call__`` samples with RALU (or a baseline schedule) via ``config=``.
 
     Build it like any diffusers pipeline (``from_pretrained``) or share an existing pipeline's
@@ -24,6 +26,7 @@ class RALUFluxPipeline(FluxPipeline):
     """
 
     default_preset = "flux-dev-4x"  # guidance-distilled FLUX.1-dev; FLUX.1-schnell gets "flux-schnell-2x"
+    family = "FLUX.1"
 
     @torch.no_grad()
     def __call__(
@@ -57,20 +60,21 @@ class RALUFluxPipeline(FluxPipeline):
         config: a :class:`RALUConfig`, a preset name (default ``"flux-dev-4x"``, or
             ``"flux-schnell-2x"`` for a model without guidance embedding), or a
             :class:`Baseline` to run the stock single-resolution schedule through the same loop.
-        num_inference_steps: only with ``config=None``, as a shortcut for ``Baseline(steps)``;
-            RALU's steps per stage come from its config.
+        num_inference_steps: only with ``config=None``, as a shortcut for ``Baseline(steps)``.
 
         Returns a :class:`~ralu.pipelines.common.RALUPipelineOutput` (``images`` as FluxPipeline's,
         plus the selected ``regions`` and per-stage timings) or ``(images,)``.
         """
         schnell = not self.transformer.config.guidance_embeds
         config = resolve_config(config, "flux-schnell-2x" if schnell else self.default_preset, num_inference_steps)
-        height = height or self.default_sample_size * self.vae_scale_factor
-        width = width or self.default_sample_size * self.vae_scale_factor
-        multiple = self.vae_scale_factor * (4 if isinstance(config, RALUConfig) else 2)
-        check_size(height, width, multiple, "for this config (whole 2x2-latent tokens at half resolution)"
-                   if isinstance(config, RALUConfig) else "(whole 2x2-latent tokens)")
+        height = self.default_sample_size * self.vae_scale_factor if height is None else height
+        width = self.default_sample_size * self.vae_scale_factor if width is None else width
+        ralu = isinstance(config, RALUConfig)
+        check_size(height, width, self.vae_scale_factor * (4 if ralu else 2),
+                   "for this config (whole 2x2-latent tokens at half resolution)" if ralu else "(whole 2x2-latent tokens)")
         check_output_type(output_type)
+        check_number("guidance_scale", guidance_scale)
+        check_number("true_cfg_scale", true_cfg_scale)
         callback_on_step_end_tensor_inputs = list(callback_on_step_end_tensor_inputs)
         self.check_inputs(prompt, prompt_2, height, width, negative_prompt=negative_prompt,
                           negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
@@ -79,10 +83,11 @@ class RALUFluxPipeline(FluxPipeline):
                           callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
                           max_sequence_length=max_sequence_length)
         batch = effective_batch(prompt, prompt_embeds, num_images_per_prompt)
+        check_negative_batch(negative_prompt, batch // num_images_per_prompt)
         grid = (height // (self.vae_scale_factor * 2), width // (self.vae_scale_factor * 2))
         channels = self.transformer.config.in_channels
-        check_batch(batch, generator, latents, (batch, grid[0] * grid[1], channels))
-        config = resolve_baseline_shift(config, self.scheduler.config, grid[0] * grid[1])
+        check_batch(batch, generator, latents, (batch, grid[0] * grid[1], channels), "batch, image tokens, channels")
+        config = self.resolve_schedule(config, grid[0] * grid[1])
 
         self._guidance_scale = guidance_scale
         self._joint_attention_kwargs = joint_attention_kwargs or {}
@@ -92,11 +97,11 @@ class RALUFluxPipeline(FluxPipeline):
         device = self._execution_device
         lora_scale = self._joint_attention_kwargs.get("scale")
 
-        prompt_embeds, pooled_prompt_embeds, text_ids = self.encode_prompt(
+        embeds, pooled, text_ids = self.encode_prompt(
             prompt=prompt, prompt_2=prompt_2, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
             device=device, num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length,
             lora_scale=lora_scale)
-        negative = None
+        guidance = None
         has_negative = negative_prompt is not None or (negative_prompt_embeds is not None
                                                        and negative_pooled_prompt_embeds is not None)
         if true_cfg_scale > 1 and has_negative:
@@ -105,23 +110,23 @@ class RALUFluxPipeline(FluxPipeline):
                 pooled_prompt_embeds=negative_pooled_prompt_embeds, device=device,
                 num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length,
                 lora_scale=lora_scale)
-        latents, _ = self.prepare_latents(batch, channels // 4, height, width, prompt_embeds.dtype, device,
-                                          generator, latents)
-        guidance = None
+            guidance = Guidance(Conditioning(*negative), true_cfg_scale)
+        latents, _ = self.prepare_latents(batch, channels // 4, height, width, embeds.dtype, device, generator, latents)
+        embedded = None
         if self.transformer.config.guidance_embeds:
-            guidance = torch.full([batch], guidance_scale, device=device, dtype=torch.float32)
+            embedded = torch.full([batch], guidance_scale, device=device, dtype=torch.float32)
 
-        adapter = FluxAdapter(self.transformer, self.vae, prompt_embeds, pooled_prompt_embeds, text_ids,
-                              guidance=guidance, joint_attention_kwargs=self._joint_attention_kwargs,
-                              negative=negative, true_cfg_scale=true_cfg_scale,
-                              vae_scale_factor=self.vae_scale_factor)
-        result = sample(adapter, latents, config, grid, generator=generator,
-                        callback=step_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                               lambda: {"prompt_embeds": adapter.cond[0]},
-                                               lambda out: self._update_embeds(adapter, out)),
-                        interrupt=lambda: self.interrupt, progress=stage_progress(self),
-                        step_start=lambda step: setattr(self, "_current_timestep", step.sigma * 1000))
-        self._current_timestep = None
+        adapter = FluxAdapter(self.transformer, Conditioning(embeds, pooled, text_ids), guidance,
+                              embedded_guidance=embedded, joint_attention_kwargs=self._joint_attention_kwargs,
+                              vae=self.vae)
+
+        def apply(outputs: dict) -> None:
+            if "prompt_embeds" in outputs:
+                adapter.conditioning = replace(adapter.conditioning, embeds=outputs["prompt_embeds"])
+
+        result = self.run_sampler(adapter, latents, config, grid, generator, callback_on_step_end,
+                                  callback_on_step_end_tensor_inputs,
+                                  lambda: {"prompt_embeds": adapter.conditioning.embeds}, apply)
 
         if output_type == "latent":
             images = result.latents
@@ -129,8 +134,3 @@ class RALUFluxPipeline(FluxPipeline):
             images = self.image_processor.postprocess(adapter.decode(result.latents, grid), output_type=output_type)
         self.maybe_free_model_hooks()
         return make_output(images, result, return_dict)
-
-    @staticmethod
-    def _update_embeds(adapter: FluxAdapter, outputs: dict) -> None:
-        if "prompt_embeds" in outputs:
-            adapter.cond = (outputs["prompt_embeds"],) + adapter.cond[1:]

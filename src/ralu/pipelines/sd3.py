@@ -6,30 +6,20 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers import StableDiffusion3Pipeline
-from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+from dataclasses import replace
 
-from ..adapters.flux import vae_decode
+from diffusers import StableDiffusion3Pipeline
+
+from ..adapters.base import Conditioning
+from ..adapters.common import Guidance, vae_decode
 from ..adapters.sd3 import SD3Adapter
 from ..config import Baseline, RALUConfig
 from ..layout import latent_to_tokens, tokens_to_latent
-from ..sampler import sample
-from .common import (check_batch, check_output_type, check_size, effective_batch, make_output, resolve_config,
-                     stage_progress, step_callback)
+from .common import (RALUPipelineMixin, check_batch, check_negative_batch, check_number, check_output_type,
+                     check_size, dynamic_shift_mu, effective_batch, make_output, resolve_config)
 
 
-def scheduler_baseline(config: Baseline, scheduler, image_tokens: int, device) -> Baseline:
-    """The stock pipeline's σ grid for a :class:`Baseline` without shift (dynamic shifting as SD3's pipeline)."""
-    kwargs = {}
-    if scheduler.config.get("use_dynamic_shifting", None):
-        kwargs["mu"] = calculate_shift(image_tokens, scheduler.config.get("base_image_seq_len", 256),
-                                       scheduler.config.get("max_image_seq_len", 4096),
-                                       scheduler.config.get("base_shift", 0.5), scheduler.config.get("max_shift", 1.16))
-    scheduler.set_timesteps(config.steps, device=device, **kwargs)
-    return Baseline(config.steps, sigmas=tuple(float(s) for s in scheduler.sigmas.cpu()), name=config.name)
-
-
-class RALUStableDiffusion3Pipeline(StableDiffusion3Pipeline):
+class RALUStableDiffusion3Pipeline(RALUPipelineMixin, StableDiffusion3Pipeline):
     """A StableDiffusion3Pipeline whose ``__call__`` samples with RALU (or a baseline schedule) via ``config=``.
 
     Works for SD3 and SD3.5 checkpoints. Build it like any diffusers pipeline (``from_pretrained``)
@@ -38,6 +28,13 @@ class RALUStableDiffusion3Pipeline(StableDiffusion3Pipeline):
     """
 
     default_preset = "sd3-2x"
+    family = "SD3"
+
+    def stock_timestep_kwargs(self, steps: int, image_tokens: int) -> dict:
+        """StableDiffusion3Pipeline's: the scheduler's own grid, with μ when it shifts dynamically."""
+        if self.scheduler.config.get("use_dynamic_shifting", False):
+            return dict(mu=dynamic_shift_mu(self.scheduler.config, image_tokens))
+        return {}
 
     @torch.no_grad()
     def __call__(
@@ -98,19 +95,18 @@ class RALUStableDiffusion3Pipeline(StableDiffusion3Pipeline):
         if joint_attention_kwargs and "ip_adapter_image_embeds" in joint_attention_kwargs:
             raise ValueError("joint_attention_kwargs['ip_adapter_image_embeds']: IP-Adapter is not supported with RALU")
         config = resolve_config(config, self.default_preset, num_inference_steps)
-        height = height or self.default_sample_size * self.vae_scale_factor
-        width = width or self.default_sample_size * self.vae_scale_factor
+        height = self.default_sample_size * self.vae_scale_factor if height is None else height
+        width = self.default_sample_size * self.vae_scale_factor if width is None else width
         patch = self.transformer.config.patch_size
         ralu = isinstance(config, RALUConfig)
+        table = self.transformer.config.pos_embed_max_size
         check_size(height, width, self.vae_scale_factor * patch * (2 if ralu else 1),
                    "for this config (whole 2x2-latent tokens at half resolution)" if ralu
-                   else "(whole 2x2-latent tokens)")
+                   else "(whole 2x2-latent tokens)", largest=table * self.vae_scale_factor * patch,
+                   why_largest=f" (its position table has {table} cells per side)")
         check_output_type(output_type)
+        check_number("guidance_scale", guidance_scale)
         grid = (height // (self.vae_scale_factor * patch), width // (self.vae_scale_factor * patch))
-        table = self.transformer.config.pos_embed_max_size
-        if max(grid) > table:
-            raise ValueError(f"height and width must be at most {table * self.vae_scale_factor * patch} px for this "
-                             f"model (its position table has {table} cells per side), got {height}x{width}")
         callback_on_step_end_tensor_inputs = list(callback_on_step_end_tensor_inputs)
         self.check_inputs(prompt, prompt_2, prompt_3, height, width, negative_prompt=negative_prompt,
                           negative_prompt_2=negative_prompt_2, negative_prompt_3=negative_prompt_3,
@@ -120,14 +116,11 @@ class RALUStableDiffusion3Pipeline(StableDiffusion3Pipeline):
                           callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
                           max_sequence_length=max_sequence_length)
         batch = effective_batch(prompt, prompt_embeds, num_images_per_prompt)
+        check_negative_batch(negative_prompt, batch // num_images_per_prompt)
         channels = self.transformer.config.in_channels
         latent_shape = (batch, channels, grid[0] * patch, grid[1] * patch)
-        check_batch(batch, generator, None, ())
-        if latents is not None and tuple(latents.shape) != latent_shape:
-            raise ValueError(f"latents must have shape {latent_shape} (batch, channels, height/8, width/8), "
-                             f"got {tuple(latents.shape)}")
-        if isinstance(config, Baseline) and config.shift is None and config.sigmas is None:
-            config = scheduler_baseline(config, self.scheduler, grid[0] * grid[1], "cpu")
+        check_batch(batch, generator, latents, latent_shape, "batch, channels, height/8, width/8")
+        config = self.resolve_schedule(config, grid[0] * grid[1])
 
         self._guidance_scale = guidance_scale
         self._clip_skip = clip_skip
@@ -145,21 +138,39 @@ class RALUStableDiffusion3Pipeline(StableDiffusion3Pipeline):
             negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, device=device, clip_skip=clip_skip,
             num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length,
             lora_scale=self._joint_attention_kwargs.get("scale"))
-        negative = (negative_prompt_embeds, negative_pooled_prompt_embeds) if self.do_classifier_free_guidance else None
+        guidance = None
+        if self.do_classifier_free_guidance:
+            guidance = Guidance(Conditioning(negative_prompt_embeds, negative_pooled_prompt_embeds), guidance_scale)
         latents = self.prepare_latents(batch, channels, height, width, prompt_embeds.dtype, device, generator, latents)
         tokens = latent_to_tokens(latents)
 
-        adapter = SD3Adapter(self.transformer, self.vae, prompt_embeds, pooled_prompt_embeds, grid, negative=negative,
-                             guidance_scale=guidance_scale, joint_attention_kwargs=self._joint_attention_kwargs,
-                             table_positions=config.table_positions if ralu else "stock_then_full")
-        result = sample(adapter, tokens, config, grid, generator=generator,
-                        callback=step_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                               lambda: {"prompt_embeds": adapter.prompt_embeds,
-                                                        "pooled_prompt_embeds": adapter.pooled_prompt_embeds},
-                                               lambda out: self._update_embeds(adapter, out)),
-                        interrupt=lambda: self.interrupt, progress=stage_progress(self),
-                        step_start=lambda step: setattr(self, "_current_timestep", step.sigma * 1000))
-        self._current_timestep = None
+        adapter = SD3Adapter(self.transformer, Conditioning(prompt_embeds, pooled_prompt_embeds), grid, guidance,
+                             table_positions=config.table_positions if ralu else "stock_then_full",
+                             joint_attention_kwargs=self._joint_attention_kwargs, vae=self.vae)
+
+        def tensors() -> dict:
+            # as the stock pipeline shows them: [negative, positive] under guidance
+            cond, guide = adapter.conditioning, adapter.guidance
+            if guide is None:
+                return {"prompt_embeds": cond.embeds, "pooled_prompt_embeds": cond.pooled}
+            return {"prompt_embeds": torch.cat([guide.negative.embeds, cond.embeds]),
+                    "pooled_prompt_embeds": torch.cat([guide.negative.pooled, cond.pooled])}
+
+        def apply(outputs: dict) -> None:
+            changed = {field: outputs[key] for key, field in (("prompt_embeds", "embeds"),
+                                                              ("pooled_prompt_embeds", "pooled")) if key in outputs}
+            if not changed:
+                return
+            if adapter.guidance is None:
+                adapter.conditioning = replace(adapter.conditioning, **changed)
+                return
+            halves = {field: value.chunk(2) for field, value in changed.items()}
+            adapter.conditioning = replace(adapter.conditioning, **{f: h[1] for f, h in halves.items()})
+            adapter.guidance = replace(adapter.guidance, negative=replace(adapter.guidance.negative,
+                                                                          **{f: h[0] for f, h in halves.items()}))
+
+        result = self.run_sampler(adapter, tokens, config, grid, generator, callback_on_step_end,
+                                  callback_on_step_end_tensor_inputs, tensors, apply)
 
         latents = tokens_to_latent(result.latents, grid)  # SD3's own (B, 16, H/8, W/8)
         if output_type == "latent":
@@ -168,8 +179,3 @@ class RALUStableDiffusion3Pipeline(StableDiffusion3Pipeline):
             images = self.image_processor.postprocess(vae_decode(self.vae, latents), output_type=output_type)
         self.maybe_free_model_hooks()
         return make_output(images, result, return_dict)
-
-    @staticmethod
-    def _update_embeds(adapter: SD3Adapter, outputs: dict) -> None:
-        adapter.prompt_embeds = outputs.get("prompt_embeds", adapter.prompt_embeds)
-        adapter.pooled_prompt_embeds = outputs.get("pooled_prompt_embeds", adapter.pooled_prompt_embeds)

@@ -47,15 +47,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import quality  # noqa: E402  (the metrics, from the same folder)
 
-from ralu import shapes, toy  # noqa: E402
+from ralu.bench import quality  # noqa: E402
+from ralu.demo import images as picture_tools  # noqa: E402
+from ralu.demo import model as toy  # noqa: E402
+from ralu.demo import shapes  # noqa: E402
 from ralu.config import Baseline, RALUConfig  # noqa: E402
 from ralu.cost import schedule_cost  # noqa: E402
 from ralu.layout import MixedLayout, children_indices, grid_positions, low_positions  # noqa: E402
 from ralu.regions import edge_scores, select_tokens  # noqa: E402
-from ralu.sampler import Step  # noqa: E402
 
 BASELINE_STEPS = 28  # SD3's stock schedule, the one the sd3 presets are solved against
 PRESETS = ("sd3-2x", "sd3-3x")
@@ -68,8 +68,8 @@ PROMPT_SEED = 2026
 COMMAND = "python benchmarks/sd3_positions.py --out docs"
 
 
-def _step(sigma: float) -> Step:
-    return Step(1, 1, 2, torch.tensor(sigma, dtype=torch.float32), 1, sigma)
+def _step(sigma: float) -> float:
+    return sigma
 
 
 def _mse(v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -142,7 +142,7 @@ def velocity_errors(model: toy.ToyModel, count: int, up_ratio: float, batch: int
 def methods(model_config: dict, full_tokens: int, text_tokens: int) -> list[dict]:
     out = [dict(name=f"baseline {BASELINE_STEPS}", group="baseline", config=Baseline(BASELINE_STEPS, toy.BASE_SHIFT))]
     for preset_name in PRESETS:
-        preset = RALUConfig.preset(preset_name)
+        preset = RALUConfig.preset(preset_name).resolve(toy.BASE_SHIFT)
         matched = quality.matched_steps(preset, BASELINE_STEPS, full_tokens, model_config, text_tokens)
         out.append(dict(name=f"steps {matched} ({preset_name})", group=preset_name,
                         config=Baseline(matched, toy.BASE_SHIFT)))
@@ -166,7 +166,7 @@ def images(model: toy.ToyModel, prompts: int, seeds: int, guidance: float) -> tu
         start = time.perf_counter()
         pixels, result = toy.generate(model, batch_prompts, batch_seeds, method["config"], guidance)
         seconds = time.perf_counter() - start
-        batch = toy.to_uint8(pixels).astype(np.float32) / 255.0
+        batch = picture_tools.to_uint8(pixels).astype(np.float32) / 255.0
         reference = batch if reference is None else reference
         cost = schedule_cost(method["config"], full_tokens, model_config, toy.MAX_WORDS)
         base_flops = base_flops or cost.total
@@ -306,7 +306,7 @@ def run(out: Path, scenes: int = 128, prompts: int = 96, seeds: int = 2, guidanc
     examples = list(range(0, prompts * seeds, seeds))[:6]
     rows = [(name, (pics[examples] * 255).round().astype(np.uint8), None if regions is None else regions[examples])
             for name, (pics, regions) in shown["pictures"].items()]
-    toy.comparison_grid(rows, [shown["captions"][i] for i in examples], scale=2).save(
+    picture_tools.comparison_grid(rows, [shown["captions"][i] for i in examples], scale=2).save(
         out / "sd3_positions_examples.png")
     return record
 

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ralu import shapes
+from ralu.demo import shapes
 
 
 def test_same_seed_same_scenes_and_pixels():

@@ -24,23 +24,6 @@ from ralu import RALUConfig, sample
 from ralu.regions import edge_scores, latent_edge_scores, select_tokens
 
 
-class _Recorder:
-    """Delegates to an adapter and keeps the clean estimate the sampler decodes for region selection."""
-
-    def __init__(self, adapter):
-        self.adapter, self.x0 = adapter, None
-
-    def prepare_positions(self, positions, grid, resolution="full"):
-        return self.adapter.prepare_positions(positions, grid, resolution)
-
-    def velocity(self, x, prepared, step):
-        return self.adapter.velocity(x, prepared, step)
-
-    def decode(self, x0, grid):
-        self.x0 = x0
-        return self.adapter.decode(x0, grid)
-
-
 def iou(a: torch.Tensor, b: torch.Tensor, tokens: int) -> float:
     sa = torch.zeros(tokens, dtype=torch.bool)
     sb = torch.zeros(tokens, dtype=torch.bool)
@@ -50,7 +33,7 @@ def iou(a: torch.Tensor, b: torch.Tensor, tokens: int) -> float:
 
 
 def main(argv=None) -> int:
-    from ralu.toy import initial_noise, load_toy, renoise_generators, token_grid
+    from ralu.demo.model import initial_noise, load_toy, renoise_generators, token_grid
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=16)
@@ -62,7 +45,7 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from ralu.shapes import random_scene
+    from ralu.demo.shapes import random_scene
 
     rng = np.random.default_rng(0)  # the toy's own prompt distribution
     captions = [random_scene(rng).caption for _ in range(args.prompts)]
@@ -75,15 +58,22 @@ def main(argv=None) -> int:
     ious, chance, t_decoded, t_latent = [], [], [], []
     gen = torch.Generator().manual_seed(0)
     for seed in range(args.seeds):
-        recorder = _Recorder(model.adapter(captions))
+        adapter = model.adapter(captions)
         seeds = [seed * 1000 + i for i in range(len(captions))]
+        clean = {}  # the clean estimate of stage 1's last step: what region selection scores
+
+        def keep(info):
+            if info.stage == 0:
+                clean["x0"] = info.denoised
+
         with torch.no_grad():
-            sample(recorder, initial_noise(seeds), config, grid, generator=renoise_generators(seeds))
+            sample(adapter, initial_noise(seeds), config.resolve(3.0), grid, generator=renoise_generators(seeds),
+                   on_step=keep)
             start = time.perf_counter()
-            decoded = select_tokens(edge_scores(recorder.adapter.decode(recorder.x0, low), low), k, low)
+            decoded = select_tokens(edge_scores(adapter.decode(clean["x0"], low), low), k, low)
             t_decoded.append(time.perf_counter() - start)
             start = time.perf_counter()
-            latent = select_tokens(latent_edge_scores(recorder.x0, low), k, low)
+            latent = select_tokens(latent_edge_scores(clean["x0"], low), k, low)
             t_latent.append(time.perf_counter() - start)
         for a, b in zip(decoded, latent):
             ious.append(iou(a, b, tokens))

@@ -1,4 +1,4 @@
-"""Small randomly initialised FLUX and SD3 pipelines built from the real diffusers/transformers classes.
+"""Tiny randomly initialised pipelines built from the real diffusers/transformers classes (for tests and timing).
 
 No weights can be downloaded here, so the offline demo and the tests assemble a complete
 ``FluxPipeline`` (CLIP + T5 text stacks with hand-made tokenizers, AutoencoderKL, transformer,

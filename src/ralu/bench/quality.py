@@ -11,7 +11,7 @@ the same prompt and seed (PSNR, SSIM, edge error) and read back by the data gene
   full-resolution steps from there as P's FLOPs allow (stock shift);
 - ``RALU no NT-DM (P)``: P with stock shifts H = (h0, h0, h0), renoising kept;
 - ``RALU (P)``: the preset as shipped;
-- variants on P = flux-dev-4x, each one field changed from the preset: those of DESIGN.md §7
+- variants on P = flux-dev-4x, each one field changed from the preset: those of docs/method.md §7
   (``upsample=latent_nearest``, ``canny_clip_unit=True``, ``token_position=center``,
   ``exact_kept_noise=True``) and the paper's stage-1 noise, ``noise_downsample=nearest``
   (ralu's default is ``block_sum``).
@@ -43,11 +43,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ralu import shapes, toy
+from ralu.demo import images as pictures
+from ralu.demo import model as toy
+from ralu.demo import shapes
 from ralu.config import Baseline, RALUConfig
 from ralu.cost import schedule_cost
 from ralu.layout import MixedLayout, downsample_tokens, low_positions, upsample_tokens
-from ralu.sampler import Step
 from ralu.schedule import stage_sigmas
 
 BASELINE_STEPS = 50
@@ -112,7 +113,7 @@ def _euler(adapter, x: torch.Tensor, positions: torch.Tensor, grid: tuple[int, i
     sig = torch.tensor(sigmas, dtype=torch.float32)
     steps = len(sig) - 1
     for i in range(steps):
-        v = adapter.velocity(x, prepared, Step(stage, i, steps, sig[i], i))
+        v = adapter.velocity(x, prepared, sig[i])
         x = x + (sig[i + 1] - sig[i]) * v
     return x
 
@@ -144,7 +145,7 @@ def naive_upsampling(model: toy.ToyModel, prompts: Sequence[str], seeds: Sequenc
         layout = MixedLayout.from_selection(nothing, low_grid)  # every token kept, then upsampled
         x, positions = layout.to_raster(upsample_tokens(x, "latent_nearest"), x[:, :0])
         x = _euler(adapter, x, positions[:1], grid, stage_sigmas(end, 1.0, full_steps, toy.BASE_SHIFT), 1)
-        return toy.decode_tokens(x, grid).clamp(-1.0, 1.0)
+        return toy.decode_tokens(x, grid)
 
 
 def matched_steps(preset: RALUConfig, baseline_steps: int, full_tokens: int, model_config: dict,
@@ -159,7 +160,7 @@ def methods(full_tokens: int, model_config: dict, text_tokens: int) -> list[dict
     """Every method: name, group, and either a sampler config or the naive method's settings."""
     out = [dict(name=f"baseline {BASELINE_STEPS}", group="baseline", config=Baseline(BASELINE_STEPS, toy.BASE_SHIFT))]
     for name in PRESETS:
-        preset = RALUConfig.preset(name)
+        preset = RALUConfig.preset(name).resolve(toy.BASE_SHIFT)
         matched = matched_steps(preset, BASELINE_STEPS, full_tokens, model_config, text_tokens)
         out.append(dict(name=f"steps {matched} ({name})", group=name, config=Baseline(matched, toy.BASE_SHIFT)))
         out.append(dict(name=f"naive ({name})", group=name, naive=preset,
@@ -167,7 +168,7 @@ def methods(full_tokens: int, model_config: dict, text_tokens: int) -> list[dict
         h0 = toy.BASE_SHIFT
         out.append(dict(name=f"RALU no NT-DM ({name})", group=name, config=preset.replace(shifts=(h0, h0, h0))))
         out.append(dict(name=f"RALU ({name})", group=name, config=preset))
-    preset = RALUConfig.preset(VARIANT_PRESET)
+    preset = RALUConfig.preset(VARIANT_PRESET).resolve(toy.BASE_SHIFT)
     for field, value in VARIANTS:
         out.append(dict(name=f"RALU {field}={value} ({VARIANT_PRESET})", group="variants",
                         config=preset.replace(**{field: value})))
@@ -243,7 +244,7 @@ def run(out: Path, prompts: int = 32, seeds: int = 2, guidance: float | None = N
             images, result = toy.generate(model, batch_prompts, batch_seeds, method["config"], guidance)
             layout = result.layout
         seconds = time.perf_counter() - start
-        batch = toy.to_uint8(images).astype(np.float32) / 255.0
+        batch = pictures.to_uint8(images).astype(np.float32) / 255.0
         reference = batch if reference is None else reference
         calls, flops, tokens = method_cost(method, full_tokens, model_config, text_tokens)
         per_image = score_images(batch, reference, targets)
@@ -266,7 +267,7 @@ def run(out: Path, prompts: int = 32, seeds: int = 2, guidance: float | None = N
     examples = list(range(0, len(batch_prompts), seeds))[:6]  # the first image of the first captions
     rows = [(name, (images[examples] * 255).round().astype(np.uint8), None if regions is None else regions[examples])
             for name, (images, regions) in pictures.items()]
-    toy.comparison_grid(rows, [batch_prompts[i] for i in examples], scale=2).save(out / "quality_examples.png")
+    pictures.comparison_grid(rows, [batch_prompts[i] for i in examples], scale=2).save(out / "quality_examples.png")
     return record
 
 

@@ -1,4 +1,4 @@
-"""The shipped toy model: its codec, its loading from package data, sampling, the demo."""
+"""The shipped toy model: its codec, its loading from package data, sampling."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ralu import Baseline, RALUConfig, shapes, toy
-from ralu.cli import main
-from ralu.layout import MixedLayout, upsample_tokens
+from ralu import Baseline, RALUConfig
+from ralu.demo import model as toy
+from ralu.demo import shapes
+from ralu.layout import MixedLayout, tokens_to_latent, upsample_tokens
 
 
 def test_haar_is_orthonormal_and_its_own_inverse():
@@ -62,7 +63,7 @@ def test_shipped_model_loads_from_package_data(model):
     assert (toy.DATA_DIR / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
     assert isinstance(model.transformer, FluxTransformer2DModel)
     count = sum(p.numel() for p in model.transformer.parameters())
-    assert 2e6 <= count <= 8e6
+    assert 2e6 <= count <= 10e6  # float16 weights of at most 20 MB
     record = json.loads((toy.DATA_DIR / "training.json").read_text())
     assert record["parameters"]["transformer"] == count
     assert {"seed", "steps", "final_loss", "wall_seconds", "command"} <= set(record)
@@ -83,25 +84,6 @@ def test_same_seed_same_image(model):
     first, _ = toy.generate(model, ["a large yellow star"], [3], config)
     second, _ = toy.generate(model, ["a large yellow star"], [3], config)
     assert torch.equal(first, second)
-
-
-def test_demo_quick_writes_its_grid(tmp_path, capsys):
-    output = tmp_path / "demo.png"
-    assert main(["demo", "--quick", "--output", str(output)]) == 0
-    out = capsys.readouterr().out
-    rows = [line.split() for line in out.splitlines() if line.startswith(("baseline", "flux-dev-"))]
-    assert [row[0] for row in rows] == ["baseline", "flux-dev-4x", "baseline", "flux-dev-7x"]
-    assert rows[0][-2] == "inf" and rows[0][-3] == "1.00x"  # the baseline against itself
-    with Image.open(output) as image:
-        assert image.width > 2 * 64 and image.height > 4 * 64
-        assert np.asarray(image.convert("RGB")).std() > 10  # not a blank canvas
-
-
-def test_training_entry_point_saves_a_loadable_model(tmp_path):
-    record = toy.train(tmp_path / "toy", steps=2, batch=2, threads=1, log_every=1, checkpoint_every=0)
-    assert record["steps"] == 2 and np.isfinite(record["final_loss"])
-    loaded = toy.load_toy(tmp_path / "toy")
-    assert sum(p.numel() for p in loaded.transformer.parameters()) == record["parameters"]["transformer"]
 
 
 # --- the SD3-architecture twin ------------------------------------------------------------------
@@ -135,36 +117,30 @@ def test_sd3_twin_samples_with_the_stock_forward_it_is_trained_with():
     # training calls SD3Transformer2DModel.forward on the latent image; sampling goes through
     # SD3Adapter on tokens: on a uniform grid they must give the same velocity
     from ralu.layout import grid_positions, latent_to_tokens
-    from ralu.sampler import Step
 
     model = toy.build_toy(3, "sd3")
     model.transformer.eval()
     images = torch.from_numpy(shapes.render_batch(shapes.scenes(5, 2), 64))
     tokens = toy.encode_images(images)
-    latent = toy.tokens_to_latent(tokens, (16, 16))
-    states, pooled, _ = model.encode_prompt(["a large red circle", "a small blue star"])
+    latent = tokens_to_latent(tokens, (16, 16))
+    states, pooled = model.encode_prompt(["a large red circle", "a small blue star"])
     sigma = torch.tensor(0.6)
     with torch.no_grad():
         stock = model.transformer(hidden_states=latent, timestep=(sigma * 1000).expand(2), pooled_projections=pooled,
                                   encoder_hidden_states=states, return_dict=False)[0]
         adapter = model.adapter(["a large red circle", "a small blue star"], 1.0)
         positions = adapter.prepare_positions(grid_positions((16, 16))[None].expand(2, -1, -1), (16, 16), "full")
-        ours = adapter.velocity(tokens, positions, Step(2, 1, 3, sigma, 5, 0.6))
+        ours = adapter.velocity(tokens, positions, sigma)
     assert torch.equal(ours, latent_to_tokens(stock))
 
 
-def test_sd3_twin_trains_saves_loads_and_samples_each_convention(tmp_path):
-    from diffusers import SD3Transformer2DModel
-
-    record = toy.train(tmp_path / "sd3", steps=2, batch=2, threads=1, log_every=1, checkpoint_every=0,
-                       architecture="sd3")
-    assert record["architecture"] == "sd3" and "--arch sd3" in record["command"] and np.isfinite(record["final_loss"])
-    loaded = toy.load_toy(tmp_path / "sd3")
-    assert isinstance(loaded.transformer, SD3Transformer2DModel) and loaded.architecture == "sd3"
+def test_sd3_twin_samples_each_convention():
+    model = toy.build_toy(2, "sd3")
+    model.transformer.eval()
     runs = {}
     for convention in ("low_grid", "full_grid", "stock_then_full"):
         config = RALUConfig.preset("sd3-3x", steps=(1, 1, 1), table_positions=convention)
-        images, result = toy.generate(loaded, ["a large red circle"], [0], config, 2.0)
+        images, result = toy.generate(model, ["a large red circle"], [0], config, 2.0)
         assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
         runs[convention] = images
     # the conventions place tokens differently, so the pictures differ

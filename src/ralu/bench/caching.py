@@ -28,8 +28,9 @@ from ralu.cost import combined_speedup
 def main(argv=None) -> int:
     from diffusers.hooks import FirstBlockCacheConfig
 
-    from ralu import toy
-    from ralu.shapes import random_scene
+    from ralu.demo import images as pictures
+from ralu.demo import model as toy
+    from ralu.demo.shapes import random_scene
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=16)
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
         computed_per_step = []
         last = [0]
 
-        def on_step(step, sigma, x):
+        def on_step(info):
             computed_per_step.append(len(inner_calls) > last[0])
             last[0] = len(inner_calls)
 
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
         try:
             with torch.no_grad():
                 result = sample(model.adapter(prompts), toy.initial_noise(seeds), config, grid,
-                                generator=toy.renoise_generators(seeds), callback=on_step)
+                                generator=toy.renoise_generators(seeds), on_step=on_step)
         finally:
             handle.remove()
             if cache == "teacache":
@@ -80,17 +81,18 @@ def main(argv=None) -> int:
         for n in steps:
             skipped.append(sum(not c for c in computed_per_step[start:start + n]))
             start += n
-        images = toy.decode_tokens(result.latents.float(), grid).clamp(-1, 1)
+        images = toy.decode_tokens(result.latents, grid)
         return images, tuple(skipped)
 
-    methods = [("baseline 50", Baseline(50, toy.BASE_SHIFT))] + [(n, RALUConfig.preset(n)) for n in ("flux-dev-4x", "flux-dev-7x")]
+    methods = [("baseline 50", Baseline(50, toy.BASE_SHIFT))] + [(n, RALUConfig.preset(n).resolve(toy.BASE_SHIFT))
+                                                        for n in ("flux-dev-4x", "flux-dev-7x")]
     reference, _ = run(methods[0][1], None)
     rows = []
     for name, config in methods:
         for cache in (None, "teacache", "first_block"):
             images, skipped = run(config, cache)
             split = combined_speedup(config, full_tokens, skipped, 50, model_config, text_tokens)
-            psnr = toy.psnr(toy.to_uint8(images), toy.to_uint8(reference))
+            psnr = pictures.psnr(pictures.to_uint8(images), pictures.to_uint8(reference))
             rows.append(dict(method=name, cache=cache or "none", skipped=skipped, calls=sum(s.steps for s in config.stages),
                              spatial=split.spatial, temporal=split.temporal, total=split.total, psnr_vs_baseline=psnr))
     header = f"{'method':<14}{'cache':<13}{'calls':>6}{'skipped per stage':>20}{'spatial':>9}{'temporal':>10}{'total':>8}{'PSNR dB':>9}"

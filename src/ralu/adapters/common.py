@@ -1,0 +1,172 @@
+"""Plumbing every model family shares: cache hooks across stages, guidance, timesteps, VAE decoding.
+
+:class:`AdapterBase` implements the sampler's protocol (:class:`~ralu.adapters.base.ModelAdapter`)
+except for the one transformer call of a family, :meth:`AdapterBase.forward`, and its position
+preparation. Guidance is either two calls per step (``batched_guidance = False``: FLUX's true
+CFG, Qwen-Image) or one call on ``[uncond, cond]`` (SD3, Z-Image), combined by
+:meth:`AdapterBase.combine`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..layout import tokens_to_latent
+from .base import TIMESTEP_SCALE, Conditioning, Step
+
+Decoder = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
+
+
+def reset_cache_state(transformer: torch.nn.Module) -> None:
+    """Forget every stateful hook's state (cached residuals, step counters) under ``transformer``.
+
+    Called at each stage boundary: cache hooks keep tensors shaped like the previous call and
+    count the steps of one schedule, while a new stage has a new token count and its own steps.
+    This is what diffusers' ``CacheMixin._reset_stateful_cache`` does, for any model.
+    """
+    from diffusers.hooks import HookRegistry
+
+    HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks(recurse=True)
+
+
+@contextmanager
+def cache_context(transformer: torch.nn.Module, name: str, **where) -> Iterator[None]:
+    """``transformer.cache_context(name, **where)`` for any model, CacheMixin or not (SD3 is not)."""
+    if hasattr(transformer, "cache_context"):
+        with transformer.cache_context(name, **where):
+            yield
+        return
+    from diffusers.hooks.hooks import CacheContext, _set_cache_context
+
+    _set_cache_context(transformer, CacheContext(name, **where))
+    try:
+        yield
+    finally:
+        _set_cache_context(transformer, None)
+
+
+def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Latents (B, C, H, W) in the transformer's space → images (B, 3, 8H, 8W) in [-1, 1].
+
+    Undoes the VAE's scaling and shift factors (FLUX.1 and SD3 alike), on the VAE's device and dtype.
+    """
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    latents = latents / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)
+    latents = latents.to(device=get_module_execution_device(vae), dtype=vae.dtype)
+    return vae.decode(latents, return_dict=False)[0]
+
+
+def as_sigma(sigma: torch.Tensor | float, device: torch.device) -> torch.Tensor:
+    """A noise level as the 0-d float32 tensor the stock pipelines compute timesteps from."""
+    if isinstance(sigma, torch.Tensor):
+        return sigma.to(device=device, dtype=torch.float32).reshape(())
+    return torch.tensor(float(sigma), dtype=torch.float32, device=device)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance of one run: the negative branch and the scale (no guidance when None)."""
+
+    negative: Conditioning
+    scale: float
+
+
+class AdapterBase:
+    """The shared part of every family adapter.
+
+    transformer: the family's diffusers transformer; conditioning: the prompt's
+    :class:`Conditioning`; guidance: a :class:`Guidance` for classifier-free guidance, or None;
+    decoder: ``decoder(x0, grid)`` → images, replacing the VAE (the toy model's exact codec);
+    vae: the pipeline's VAE, decoded through :func:`vae_decode` when no decoder is given. Without
+    either, only ``region_source="latent"`` configs and baselines can run.
+    """
+
+    batched_guidance = False  # one call on [uncond, cond] instead of two calls
+
+    def __init__(self, transformer, conditioning: Conditioning, guidance: Guidance | None = None, *,
+                 vae=None, decoder: Decoder | None = None):
+        self.transformer = transformer
+        self.conditioning = conditioning
+        self.guidance = guidance
+        self.vae = vae
+        self.decoder = decoder
+        self.current: Step | None = None  # the step being evaluated, for pipelines' current_timestep
+
+    # --- what a family overrides -----------------------------------------------------------------
+
+    def prepare_positions(self, positions: torch.Tensor, grid: tuple[int, int], resolution: str = "full") -> Any:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, positions: Any, sigma: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+        """One transformer call: tokens (B, S, D) at the 0-d float32 ``sigma`` → prediction (B, S, D)."""
+        raise NotImplementedError
+
+    def combine(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+        """Guided velocity from the two branches: ``uncond + scale·(cond - uncond)``."""
+        return uncond + scale * (cond - uncond)
+
+    def duplicate_positions(self, positions: Any) -> Any:
+        """Positions for a ``[uncond, cond]`` batch of twice the size (batched guidance only)."""
+        return positions
+
+    def session(self):
+        return nullcontext()
+
+    # --- shared --------------------------------------------------------------------------------------
+
+    def velocity(self, x: torch.Tensor, positions: Any, sigma: torch.Tensor | float,
+                 step: Step | None = None) -> torch.Tensor:
+        """x (B, S, D) tokens at noise level sigma → the (guided) velocity, same shape and dtype."""
+        sigma = as_sigma(sigma, x.device)
+        if step is not None and step.starts_stage:
+            reset_cache_state(self.transformer)
+        self.current = step
+        where = {} if step is None else dict(step_index=step.index, num_inference_steps=step.steps,
+                                              timestep=sigma * TIMESTEP_SCALE, sigma=step.sigma_value)
+        guidance = self.guidance
+        try:
+            if guidance is None:
+                with cache_context(self.transformer, "cond", **where):
+                    return self.forward(x, positions, sigma, self.conditioning)
+            if self.batched_guidance:
+                both = _stack_conditioning(guidance.negative, self.conditioning)
+                with cache_context(self.transformer, "cond", **where):
+                    out = self.forward(torch.cat([x, x]), self.duplicate_positions(positions), sigma, both)
+                uncond, cond = out.chunk(2)
+                return self.combine(cond, uncond, guidance.scale)
+            with cache_context(self.transformer, "cond", **where):
+                cond = self.forward(x, positions, sigma, self.conditioning)
+            with cache_context(self.transformer, "uncond", **where):
+                uncond = self.forward(x, positions, sigma, guidance.negative)
+            return self.combine(cond, uncond, guidance.scale)
+        finally:
+            self.current = None
+
+    def decode(self, x0: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Clean tokens (B, h·w, D) → images (B, 3, H, W) in [-1, 1], by the decoder or the VAE."""
+        if self.decoder is not None:
+            return self.decoder(x0, grid)
+        if self.vae is None:
+            raise ValueError("this adapter has neither a vae nor a decoder: pass one to decode (RALU's region "
+                             "selection decodes), or use RALUConfig(region_source='latent')")
+        return vae_decode(self.vae, tokens_to_latent(x0, grid))
+
+
+def _stack_conditioning(negative: Conditioning, positive: Conditioning) -> Conditioning:
+    """``[negative, positive]`` along the batch, field by field; text_ids (shared by the batch) stay the positive's.
+
+    Tensors in ``extras`` must be per sample (batch first); other extras are taken from ``positive``.
+    """
+
+    def cat(a, b):
+        return torch.cat([a, b]) if isinstance(b, torch.Tensor) else b
+
+    extras = {k: cat(negative.extras.get(k), v) for k, v in positive.extras.items()}
+    return Conditioning(cat(negative.embeds, positive.embeds), cat(negative.pooled, positive.pooled),
+                        positive.text_ids, cat(negative.mask, positive.mask), extras)

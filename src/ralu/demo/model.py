@@ -1,0 +1,264 @@
+"""The toy text-to-image model of coloured shapes: its latent codec, text encoder, weights and sampling.
+
+- Latent space: pixel space, no VAE. A 64×64 RGB image in [-1, 1] is split into 2×2 pixel
+  blocks (``pixel_unshuffle``) and each channel's four pixels go through the orthonormal 2×2
+  Haar transform, giving a 12-channel latent at 32×32. Like a VAE latent, a latent pixel is then
+  a summary of its neighbourhood (the block mean, ×2, plus three detail coefficients), so that
+  replicating a latent pixel replicates its block's mean colour. The transform is exact and
+  orthonormal: white noise stays white. Packed 2×2 latent patches make 16×16 = 256 tokens of 48
+  values; at half resolution (32 px) 8×8 = 64 tokens, each covering 4×4 px.
+- Transformer: ``diffusers.FluxTransformer2DModel`` (:data:`TRANSFORMER_CONFIG`), RoPE on
+  ``img_ids = [0, row, col]``, no guidance embedding; or its SD3-architecture twin
+  (:data:`SD3_TRANSFORMER_CONFIG`).
+- Text: a word-level tokenizer over :data:`shapes.VOCABULARY` and :class:`ToyTextEncoder`
+  (learned word + position embeddings; pooled = mean over the words), trained with the model.
+
+Training is :mod:`ralu.demo.train`; :func:`load_toy` loads the shipped weights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Baseline, RALUConfig
+from ..layout import PATCH, latent_to_tokens, tokens_to_latent
+from .shapes import VOCABULARY
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "toy"
+SD3_DATA_DIR = DATA_DIR.parent / "toy_sd3"  # the SD3-architecture twin
+RESOLUTION = 64  # px at full resolution
+BASE_SHIFT = 3.0  # the baseline's scheduler shift (the training σ density leans on it too)
+MAX_WORDS = 12  # the longest caption has 10 words
+TEXT_DIM = 64
+LATENT_CHANNELS = 12  # 3 colours × 4 Haar coefficients
+PIXELS_PER_TOKEN = 4  # a token packs 2×2 latent pixels, each a 2×2 pixel block
+DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale of the demo and the quality benchmark
+
+TRANSFORMER_CONFIG = dict(patch_size=1, in_channels=PATCH * PATCH * LATENT_CHANNELS, num_layers=2,
+                          num_single_layers=4, attention_head_dim=32, num_attention_heads=8,
+                          joint_attention_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM, guidance_embeds=False,
+                          axes_dims_rope=(8, 12, 12))
+# The SD3-architecture twin: same latent, tokens, text encoder and training, but an
+# ``SD3Transformer2DModel`` that patchifies the 12-channel latent itself (patch 2, so the same
+# 16×16 tokens of 48 values) and adds a centre crop of an absolute sin-cos table. The table keeps
+# SD3's proportions: SD3 has 96 cells for its 64-patch (1024 px) grid, this one 24 for 16 patches,
+# so a full-resolution image crops cells 4..19 and a half-resolution one cells 8..15, as SD3 crops
+# 16..79 at 1024 px and 32..63 at 512 px.
+SD3_TRANSFORMER_CONFIG = dict(sample_size=2 * RESOLUTION // PIXELS_PER_TOKEN, patch_size=2,
+                              in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, num_layers=4,
+                              attention_head_dim=32, num_attention_heads=4, joint_attention_dim=TEXT_DIM,
+                              caption_projection_dim=128, pooled_projection_dim=TEXT_DIM,
+                              pos_embed_max_size=3 * RESOLUTION // (2 * PIXELS_PER_TOKEN), qk_norm="rms_norm")
+ARCHITECTURES = {"flux": ("FluxTransformer2DModel", TRANSFORMER_CONFIG),
+                 "sd3": ("SD3Transformer2DModel", SD3_TRANSFORMER_CONFIG)}
+
+# Rows: LL (mean ×2), horizontal, vertical and diagonal detail; orthonormal and symmetric, so it
+# is its own inverse. Columns: the block's pixels (0,0), (0,1), (1,0), (1,1).
+HAAR = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, -1.0], [1.0, 1.0, -1.0, -1.0], [1.0, -1.0, -1.0, 1.0]]) / 2
+
+
+def _haar(x: torch.Tensor) -> torch.Tensor:
+    """Apply HAAR to groups of 4 channels: (B, 4C, H, W) with channel c·4 + k → same shape."""
+    groups = x.unflatten(1, (-1, 4))
+    return torch.einsum("kj,bcjhw->bckhw", HAAR.to(x), groups).flatten(1, 2)
+
+
+def encode_images(images: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, H, W) in [-1, 1], H and W multiples of 4 → tokens (B, H/4·W/4, 48) in raster order."""
+    return latent_to_tokens(_haar(F.pixel_unshuffle(images, 2)))
+
+
+def decode_tokens(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Tokens (B, h·w, 48) on the token grid (h, w) → images (B, 3, 4h, 4w) in [-1, 1] (clipped)."""
+    return F.pixel_shuffle(_haar(tokens_to_latent(tokens.float(), grid)), 2).clamp(-1.0, 1.0)
+
+
+class ToyTokenizer:
+    """Word-level tokenizer over a fixed vocabulary; id 0 pads. Unknown words raise ValueError."""
+
+    def __init__(self, vocabulary: Sequence[str] = VOCABULARY, max_words: int = MAX_WORDS):
+        self.vocabulary = tuple(vocabulary)
+        self.index = {word: i for i, word in enumerate(self.vocabulary)}
+        self.max_words = max_words
+
+    def __call__(self, captions: Sequence[str]) -> torch.Tensor:
+        """Captions → (B, max_words) int64 ids, padded with 0."""
+        ids = torch.zeros(len(captions), self.max_words, dtype=torch.long)
+        for b, caption in enumerate(captions):
+            words = caption.split()
+            unknown = [w for w in words if w not in self.index]
+            if unknown or len(words) > self.max_words:
+                raise ValueError(f"prompt must use at most {self.max_words} words of {self.vocabulary[1:]}, "
+                                 f"got {caption!r}" + (f" (unknown: {unknown})" if unknown else ""))
+            ids[b, : len(words)] = torch.tensor([self.index[w] for w in words], dtype=torch.long)
+        return ids
+
+
+class ToyTextEncoder(nn.Module):
+    """Word + position embeddings: ids (B, T) → states (B, T, dim) and pooled (B, dim), the mean over words."""
+
+    def __init__(self, vocab_size: int = len(VOCABULARY), max_words: int = MAX_WORDS, dim: int = TEXT_DIM):
+        super().__init__()
+        self.words = nn.Embedding(vocab_size, dim)
+        self.positions = nn.Parameter(torch.zeros(max_words, dim))
+        nn.init.normal_(self.words.weight, std=0.5)
+        nn.init.normal_(self.positions, std=0.1)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states = self.words(ids) + self.positions[: ids.shape[1]]
+        present = (ids != 0).to(states.dtype)[..., None]
+        pooled = (states * present).sum(1) / present.sum(1).clamp(min=1.0)
+        return states, pooled
+
+
+@dataclass
+class ToyModel:
+    """The shipped model: transformer, text encoder and tokenizer."""
+
+    transformer: nn.Module
+    text_encoder: ToyTextEncoder
+    tokenizer: ToyTokenizer
+
+    @property
+    def architecture(self) -> str:
+        """"flux" or "sd3": which diffusers transformer class the model is."""
+        return "sd3" if type(self.transformer).__name__ == "SD3Transformer2DModel" else "flux"
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts → (states (B, T, 64), pooled (B, 64)) on the transformer's device."""
+        device = next(self.transformer.parameters()).device
+        return self.text_encoder(self.tokenizer(prompts).to(device))
+
+    def adapter(self, prompts: Sequence[str], guidance_scale: float = 1.0, grid: tuple[int, int] | None = None,
+                table_positions: str = "stock_then_full"):
+        """A sampler adapter for these prompts; ``guidance_scale`` > 1 adds classifier-free guidance
+        against the empty prompt. grid and table_positions matter for the SD3 architecture only."""
+        from ..adapters.base import Conditioning
+        from ..adapters.common import Guidance
+
+        states, pooled = self.encode_prompt(prompts)
+        text_ids = torch.zeros(states.shape[1], 3, device=states.device)
+        guidance = None
+        if guidance_scale > 1:
+            negative, negative_pooled = self.encode_prompt([""] * len(prompts))
+            guidance = Guidance(Conditioning(negative, negative_pooled, text_ids), guidance_scale)
+        if self.architecture == "sd3":
+            from ..adapters.sd3 import SD3Adapter
+
+            return SD3Adapter(self.transformer, Conditioning(states, pooled), grid or token_grid(), guidance,
+                              table_positions=table_positions, decoder=decode_tokens)
+        from ..adapters.flux import FluxAdapter
+
+        return FluxAdapter(self.transformer, Conditioning(states, pooled, text_ids), guidance, decoder=decode_tokens)
+
+
+def _transformer_class(name: str):
+    import diffusers
+
+    if name not in {cls for cls, _ in ARCHITECTURES.values()}:
+        raise ValueError(f"toy transformer must be one of {[cls for cls, _ in ARCHITECTURES.values()]}, got {name!r}")
+    return getattr(diffusers, name)
+
+
+def build_toy(seed: int = 0, architecture: str = "flux", **overrides) -> ToyModel:
+    """A freshly initialised (untrained) toy model, seeded; architecture "flux" or "sd3".
+
+    overrides: transformer config fields to change (e.g. ``num_attention_heads``).
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {tuple(ARCHITECTURES)}, got {architecture!r}")
+    name, config = ARCHITECTURES[architecture]
+    torch.manual_seed(seed)
+    return ToyModel(_transformer_class(name)(**{**config, **overrides}), ToyTextEncoder(), ToyTokenizer())
+
+
+def save_toy(model: ToyModel, folder: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Write ``transformer/`` (``save_pretrained``), ``text_encoder.safetensors`` and ``text_encoder.json``.
+
+    dtype: storage precision (float16 halves the package size; loading casts back to float32).
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    transformer = model.transformer
+    original = next(transformer.parameters()).dtype
+    transformer.to(dtype).save_pretrained(folder / "transformer")
+    transformer.to(original)
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.text_encoder.state_dict().items()}
+    save_file(state, str(folder / "text_encoder.safetensors"))
+    (folder / "text_encoder.json").write_text(json.dumps(dict(
+        vocabulary=list(model.tokenizer.vocabulary), max_words=model.tokenizer.max_words,
+        dim=model.text_encoder.words.embedding_dim), indent=1) + "\n")
+    return folder
+
+
+def load_toy(folder: str | Path | None = None, device: str | torch.device = "cpu") -> ToyModel:
+    """Load a saved toy model (default: the FLUX weights shipped in ``ralu/data/toy``; the SD3 twin
+    is :data:`SD3_DATA_DIR`), float32, eval mode. The transformer class comes from its config."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder) if folder is not None else DATA_DIR
+    if not (folder / "transformer").is_dir():
+        raise FileNotFoundError(f"no toy model in {folder} (expected transformer/ and text_encoder.safetensors)")
+    name = json.loads((folder / "transformer" / "config.json").read_text())["_class_name"]
+    transformer = _transformer_class(name).from_pretrained(folder / "transformer", torch_dtype=torch.float32)
+    spec = json.loads((folder / "text_encoder.json").read_text())
+    tokenizer = ToyTokenizer(spec["vocabulary"], spec["max_words"])
+    text_encoder = ToyTextEncoder(len(spec["vocabulary"]), spec["max_words"], spec["dim"])
+    text_encoder.load_state_dict({k: v.float() for k, v in load_file(str(folder / "text_encoder.safetensors")).items()})
+    transformer.to(device).eval()
+    text_encoder.to(device).eval()
+    return ToyModel(transformer, text_encoder, tokenizer)
+
+
+def token_grid(size: int = RESOLUTION, width: int | None = None) -> tuple[int, int]:
+    """Token grid (h, w) of a ``size`` x ``width`` px image (square when width is None)."""
+    width = size if width is None else width
+    for name, value in (("height", size), ("width", width)):
+        if value <= 0 or value % (2 * PIXELS_PER_TOKEN):
+            raise ValueError(f"{name} must be a positive multiple of {2 * PIXELS_PER_TOKEN} px, got {value}")
+    return size // PIXELS_PER_TOKEN, width // PIXELS_PER_TOKEN
+
+
+def initial_noise(seeds: Sequence[int], size: int = RESOLUTION, width: int | None = None) -> torch.Tensor:
+    """Full-resolution starting noise (B, tokens, 48); sample b from ``torch.Generator().manual_seed(seeds[b])``."""
+    h, w = token_grid(size, width)
+    return torch.stack([torch.randn(h * w, PATCH * PATCH * LATENT_CHANNELS,
+                                    generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def renoise_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One generator per sample for RALU's renoising, offset from the noise seeds."""
+    return [torch.Generator().manual_seed(10_000_019 + int(s)) for s in seeds]
+
+
+def generate(model: ToyModel, prompts: Sequence[str], seeds: Sequence[int], config: RALUConfig | Baseline,
+             guidance_scale: float = 1.0, size: int = RESOLUTION, width: int | None = None, on_step=None):
+    """Sample one image per (prompt, seed) pair with a RALU config or a baseline, in one batch.
+
+    A Baseline without a shift uses the toy's stock shift :data:`BASE_SHIFT`; a RALUConfig with
+    ``base_shift="auto"`` is matched to it. on_step: the sampler's step callback. Returns images
+    (B, 3, size, width) in [-1, 1] and the sampler's result (layout, per-stage tokens and times).
+    """
+    from ..sampler import sample
+
+    if len(prompts) != len(seeds):
+        raise ValueError(f"need one seed per prompt, got {len(prompts)} prompts and {len(seeds)} seeds")
+    config = config.resolve(BASE_SHIFT) if hasattr(config, "resolve") else config
+    grid = token_grid(size, width)
+    table_positions = config.table_positions if isinstance(config, RALUConfig) else "stock_then_full"
+    with torch.no_grad():
+        adapter = model.adapter(prompts, guidance_scale, grid, table_positions)
+        result = sample(adapter, initial_noise(seeds, size, width), config, grid,
+                        generator=renoise_generators(seeds), on_step=on_step)
+        images = decode_tokens(result.latents, grid)
+    return images, result

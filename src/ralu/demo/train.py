@@ -1,0 +1,227 @@
+"""Training of the toy shapes model: rectified flow on rendered scenes, resumable.
+
+``python -m ralu.demo.train --out DIR --steps N`` trains from scratch (or ``--init DIR`` from a
+saved model) and saves the EMA weights with a ``training.json`` record: the command, the loss
+curve, the wall time and the host. Every ``--checkpoint-every`` steps the full training state
+(weights, EMA, optimiser, step, random state) goes to ``DIR/checkpoint``; ``--resume`` continues
+from there exactly, so a run survives an interrupted session.
+
+Objective: ``x_σ = (1-σ)·x0 + σ·ε``, target ``v = ε - x0``. σ is drawn from a 50/50 mixture of the
+stock schedule's density at shift 3 (``shift_3(u)``, mostly high noise, where the layout is
+decided) and uniform (low noise too, where edges are sharpened). Full (64 px) and half (32 px)
+batches alternate, so the model also knows the half resolution RALU's first stage runs at.
+10% of the captions are dropped so that classifier-free guidance works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..layout import grid_positions, tokens_to_latent
+from ..schedule import shift_sigmas
+from .model import ARCHITECTURES, BASE_SHIFT, RESOLUTION, ToyModel, build_toy, encode_images, load_toy, save_toy
+from .shapes import render_batch, scenes
+
+UNIFORM_SHARE = 0.5  # share of σ drawn uniformly; the rest from shift_3(uniform)
+
+
+def sample_sigmas(batch: int, generator: torch.Generator) -> torch.Tensor:
+    """(B,) training noise levels: shift_3(u) or u, half and half."""
+    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+    shifted = torch.as_tensor(shift_sigmas(u.numpy(), BASE_SHIFT))
+    uniform = torch.rand(batch, generator=generator, dtype=torch.float64) < UNIFORM_SHARE
+    return torch.where(uniform, u, shifted).float()
+
+
+def flow_loss(model: ToyModel, images: torch.Tensor, captions: list[str], generator: torch.Generator,
+              drop: float, autocast: bool = False) -> torch.Tensor:
+    """Rectified-flow MSE of the velocity on a batch of images (B, 3, H, W) in [-1, 1]."""
+    x0 = encode_images(images)
+    batch, tokens, _ = x0.shape
+    side = math.isqrt(tokens)
+    keep = torch.rand(batch, generator=generator) >= drop
+    captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
+    sigma = sample_sigmas(batch, generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        states, pooled = model.text_encoder(model.tokenizer(captions))
+        if model.architecture == "sd3":  # the latent image; the model patchifies and crops its table itself
+            x0, noise = tokens_to_latent(x0, (side, side)), tokens_to_latent(noise, (side, side))
+            x = (1 - sigma[:, None, None, None]) * x0 + sigma[:, None, None, None] * noise
+            v = model.transformer(hidden_states=x, timestep=sigma * 1000, pooled_projections=pooled,
+                                  encoder_hidden_states=states, return_dict=False)[0]
+        else:
+            x = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
+            img_ids = torch.cat([torch.zeros(tokens, 1), grid_positions((side, side))], dim=1)
+            v = model.transformer(hidden_states=x, timestep=sigma, pooled_projections=pooled,
+                                  encoder_hidden_states=states, txt_ids=torch.zeros(states.shape[1], 3),
+                                  img_ids=img_ids, return_dict=False)[0]
+    return F.mse_loss(v.float(), noise - x0)
+
+
+def _learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of ``lr`` at ``steps``."""
+    ramp = min(1.0, (step + 1) / warmup)
+    return lr * ramp * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, step / steps))))
+
+
+def host() -> dict:
+    """CPU model, the flags that decide bf16 speed, threads and the torch build."""
+    flags = set()
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return dict(cpu=model, amx="amx_bf16" in flags, avx512_bf16="avx512_bf16" in flags, avx512f="avx512f" in flags,
+                threads=torch.get_num_threads(), torch=torch.__version__)
+
+
+def _state(model, params, averaged, optimizer, step, generator, log, elapsed) -> dict:
+    return dict(params=[p.detach().clone() for p in params], averaged=[a.clone() for a in averaged],
+                optimizer=optimizer.state_dict(), step=step, generator=generator.get_state(), log=list(log),
+                elapsed=elapsed)
+
+
+def _save_averaged(model: ToyModel, params, averaged, folder: Path) -> None:
+    """Save the model with its EMA weights, leaving the training weights in place."""
+    current = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for a, p in zip(averaged, params):
+            p.copy_(a)
+        save_toy(model, folder)
+        for c, p in zip(current, params):
+            p.copy_(c)
+
+
+def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float = 1e-3, warmup: int = 200,
+          ema: float = 0.999, caption_drop: float = 0.1, threads: int = 1, log_every: int = 50,
+          checkpoint_every: int = 250, max_minutes: float | None = None, init: str | Path | None = None,
+          resume: bool = False, architecture: str = "flux", autocast: bool = True, width: int | None = None,
+          stop_before: int | None = None, command: str | None = None) -> dict:
+    """Train and save the EMA weights to ``out`` with ``training.json``; see the module docstring.
+
+    Step i renders ``shapes.scenes(seed · 1_000_003 + i, batch)``: 64 px on even steps, 32 px on
+    odd ones. ``init`` starts from a saved model's weights (fresh optimiser and schedule; the
+    earlier record is kept under ``previous``); ``resume`` continues ``out/checkpoint`` exactly.
+    ``width`` overrides the transformer's width (heads of 32 channels) of a fresh model.
+    ``max_minutes`` stops early, saving what there is (``stopped_at`` in the record); ``stop_before``
+    stops before that step, deterministically.
+    """
+    torch.set_num_threads(threads)
+    out = Path(out)
+    previous = None
+    if init is not None:
+        model = load_toy(init)
+        record_file = Path(init) / "training.json"
+        previous = json.loads(record_file.read_text()) if record_file.is_file() else None
+    else:
+        overrides = {} if width is None else dict(num_attention_heads=width // 32)
+        model = build_toy(seed, architecture, **overrides)
+    model.transformer.train()
+    params = list(model.transformer.parameters()) + list(model.text_encoder.parameters())
+    averaged = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.99), fused=True)
+    generator = torch.Generator().manual_seed(seed)
+    first, log, elapsed = 0, [], 0.0
+    state_file = out / "checkpoint" / "state.pt"
+    if resume:
+        if not state_file.is_file():
+            raise FileNotFoundError(f"--resume: no training state at {state_file}")
+        state = torch.load(state_file, weights_only=False)
+        with torch.no_grad():
+            for p, saved in zip(params, state["params"]):
+                p.copy_(saved)
+        averaged = state["averaged"]
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        first, log, elapsed = state["step"], state["log"], state["elapsed"]
+        print(f"resumed at step {first} ({elapsed / 60:.1f} min so far)", flush=True)
+    start, losses, stopped_at = time.perf_counter() - elapsed, [], None
+    for step in range(first, steps):
+        if step == stop_before or (max_minutes is not None and time.perf_counter() - start > 60 * max_minutes):
+            stopped_at = step
+            break
+        size = RESOLUTION if step % 2 == 0 else RESOLUTION // 2
+        batch_scenes = scenes(seed * 1_000_003 + step, batch)
+        images = torch.from_numpy(render_batch(batch_scenes, size))
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, steps, lr, warmup)
+        loss = flow_loss(model, images, [s.caption for s in batch_scenes], generator, caption_drop, autocast)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        decay = min(ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(averaged, [p.detach() for p in params], 1 - decay)
+        losses.append(loss.item())
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            recent = sum(losses[-log_every:]) / len(losses[-log_every:])
+            entry = dict(step=step + 1, loss=round(recent, 5), seconds=round(time.perf_counter() - start, 1))
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(_state(model, params, averaged, optimizer, step + 1, generator, log,
+                              time.perf_counter() - start), state_file.with_suffix(".tmp"))
+            os.replace(state_file.with_suffix(".tmp"), state_file)
+            _save_averaged(model, params, averaged, out / "checkpoint")
+    _save_averaged(model, params, averaged, out)
+    record = dict(
+        command=command or " ".join(["python -m ralu.demo.train", *sys.argv[1:]]),
+        seed=seed, steps=steps, stopped_at=stopped_at, max_minutes=max_minutes, batch=batch, lr=lr, warmup=warmup,
+        ema=ema, caption_drop=caption_drop, autocast_bf16=autocast, resolutions=[RESOLUTION, RESOLUTION // 2],
+        sigma_sampling=f"{UNIFORM_SHARE:g} uniform + {1 - UNIFORM_SHARE:g} shift_{BASE_SHIFT:g}(uniform)",
+        architecture=model.architecture, transformer=dict(model.transformer.config),
+        parameters=dict(transformer=sum(p.numel() for p in model.transformer.parameters()),
+                        text_encoder=sum(p.numel() for p in model.text_encoder.parameters())),
+        final_loss=round(sum(losses[-100:]) / max(1, len(losses[-100:])), 5) if losses else None,
+        wall_seconds=round(time.perf_counter() - start, 1), host=host(),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), log=log, previous=previous)
+    (out / "training.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ralu.demo.train", description="Train the toy shapes model.")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ema", type=float, default=0.999, help="decay of the weight average that is saved")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--width", type=int, help="transformer width of a fresh model (a multiple of 32)")
+    parser.add_argument("--arch", choices=tuple(ARCHITECTURES), default="flux")
+    parser.add_argument("--fp32", action="store_true", help="no bfloat16 autocast (slower where the CPU has bf16)")
+    parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--max-minutes", type=float, help="stop early after this long, saving what there is")
+    parser.add_argument("--init", type=Path, help="start from this saved model (fresh optimiser and schedule)")
+    parser.add_argument("--resume", action="store_true", help="continue OUT/checkpoint exactly")
+    args = parser.parse_args(argv)
+    record = train(args.out, args.steps, args.seed, args.batch, args.lr, ema=args.ema, threads=args.threads,
+                   checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, init=args.init,
+                   resume=args.resume, architecture=args.arch, autocast=not args.fp32, width=args.width)
+    print(f"saved {args.out}: {record['stopped_at'] or record['steps']} steps, final loss {record['final_loss']}, "
+          f"{record['wall_seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Training of the toy model: the objective against an oracle, resumption, the saved record."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ralu.demo import model as toy
+from ralu.demo import shapes, train
+from ralu.layout import tokens_to_latent
+
+pytestmark = pytest.mark.training
+
+
+def oracle(clean: torch.Tensor, architecture: str, sign: float = 1.0):
+    """A forward that knows the clean tokens: the exact velocity ``(x - x0) / σ`` (times ``sign``)."""
+
+    def forward(hidden_states, timestep, **kwargs):
+        sigma = timestep / (1000.0 if architecture == "sd3" else 1.0)  # FLUX takes σ, SD3 σ·1000
+        shape = (-1,) + (1,) * (hidden_states.dim() - 1)
+        target = clean if architecture == "flux" else tokens_to_latent(clean, (16, 16))
+        return (sign * (hidden_states - target) / sigma.view(shape),)
+
+    return forward
+
+
+@pytest.mark.parametrize("architecture", ["flux", "sd3"])
+def test_the_loss_is_zero_for_the_true_velocity_and_not_for_its_negative(architecture):
+    """The target is v = ε - x0: an oracle predicting it scores 0; predicting x0 - ε scores 4·E[v²]."""
+    scenes = shapes.scenes(3, 4)
+    images = torch.from_numpy(shapes.render_batch(scenes, 64))
+    clean = toy.encode_images(images)
+    model = toy.build_toy(0, architecture)
+    captions = [s.caption for s in scenes]
+    model.transformer.forward = oracle(clean, architecture)
+    loss = train.flow_loss(model, images, captions, torch.Generator().manual_seed(0), drop=0.0)
+    assert loss.item() < 1e-8
+    model.transformer.forward = oracle(clean, architecture, sign=-1.0)
+    flipped = train.flow_loss(model, images, captions, torch.Generator().manual_seed(0), drop=0.0)
+    assert flipped.item() > 1.0
+
+
+def test_sigmas_mix_the_stock_density_and_uniform():
+    sigmas = train.sample_sigmas(200_000, torch.Generator().manual_seed(0)).double().numpy()
+    # P(σ <= t) = ½ t + ½ u(t), u(t) = t / (3 - 2t): the inverse of the shift-3 map
+    for t in (0.1, 0.3, 0.5, 0.8):
+        expected = 0.5 * t + 0.5 * t / (3 - 2 * t)
+        assert abs((sigmas <= t).mean() - expected) < 5 * np.sqrt(expected * (1 - expected) / len(sigmas))
+
+
+def test_training_saves_a_loadable_model_and_resumes_exactly(tmp_path):
+    kwargs = dict(steps=4, batch=2, threads=1, log_every=1, checkpoint_every=2, width=64, command="test")
+    whole = train.train(tmp_path / "whole", **kwargs)
+    assert whole["steps"] == 4 and np.isfinite(whole["final_loss"]) and len(whole["log"]) == 4
+    assert {"cpu", "avx512_bf16", "amx"} <= set(whole["host"])
+    # an interrupted run (stopped after its step-2 checkpoint) resumed from the checkpoint
+    first = train.train(tmp_path / "split", **kwargs, stop_before=2)
+    assert first["stopped_at"] == 2
+    resumed = train.train(tmp_path / "split", **kwargs, resume=True)
+    assert [e["loss"] for e in resumed["log"]] == [e["loss"] for e in whole["log"]]
+    a, b = toy.load_toy(tmp_path / "whole"), toy.load_toy(tmp_path / "split")
+    for p, q in zip(a.transformer.parameters(), b.transformer.parameters()):
+        assert torch.equal(p, q)
+    record = json.loads((tmp_path / "whole" / "training.json").read_text())
+    assert record["parameters"]["transformer"] == sum(p.numel() for p in a.transformer.parameters())
