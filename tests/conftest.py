@@ -52,3 +52,10 @@ def prompt_embeds(ralu_pipe):
     embeds, pooled, _ = ralu_pipe.encode_prompt(["a red circle left of a blue square", "a yellow star"], None,
                                                 max_sequence_length=16)
     return embeds, pooled
+
+
+# --- FLUX.2 fixtures ---
+
+# --- Qwen-Image fixtures ---
+
+# --- Z-Image fixtures ---

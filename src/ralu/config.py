@@ -105,6 +105,9 @@ class RALUConfig:
         # and Z from NT-DM at base shift 1.0, which lands on the bounds (H2 = 0.5, Z = 2).
         "flux-schnell-2x": dict(steps=(2, 1, 1), ends=(0.5, 0.75, 1.0), up_ratio=0.3,
                                 shifts=(0.574, 0.5, 0.878), noise_ratio=2.0, solved_shift=1.0),
+        # --- FLUX.2 presets ---
+        # --- Qwen-Image presets ---
+        # --- Z-Image presets ---
     }
 
     def __post_init__(self) -> None:

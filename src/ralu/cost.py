@@ -139,8 +139,25 @@ def sd3_call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: in
     return float(total + head)
 
 
+# --- FLUX.2 (Flux2Transformer2DModel) -----------------------------------------------------------------
+
+# --- Qwen-Image (QwenImageTransformer2DModel) ------------------------------------------------------------
+
+# --- Z-Image (ZImageTransformer2DModel) ------------------------------------------------------------------
+
+
 def call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: int) -> float:
-    """One transformer call of either family, chosen from the config (see :func:`is_sd3_config`)."""
+    """One transformer call for one sample, of the family the config's ``_class_name`` names
+    (FLUX.1 when it names none and has single layers, SD3 when it has ``caption_projection_dim``)."""
+    counters = {"FluxTransformer2DModel": flux_call_flops, "SD3Transformer2DModel": sd3_call_flops,
+                "Flux2Transformer2DModel": globals().get("flux2_call_flops"),
+                "QwenImageTransformer2DModel": globals().get("qwenimage_call_flops"),
+                "ZImageTransformer2DModel": globals().get("zimage_call_flops")}
+    name = config.get("_class_name")
+    if name in counters:
+        if counters[name] is None:
+            raise ValueError(f"no FLOPs count for {name} yet")
+        return counters[name](config, image_tokens, text_tokens)
     if is_sd3_config(config):
         return sd3_call_flops(config, image_tokens, text_tokens)
     return flux_call_flops(config, image_tokens, text_tokens)

@@ -1,4 +1,4 @@
-"""Tiny randomly initialised pipelines built from the real diffusers/transformers classes (for tests and timing).
+"""Tiny FLUX.1 and SD3/SD3.5 pipelines from the real classes, seeded (see ralu.testing).
 
 No weights can be downloaded here, so the offline demo and the tests assemble a complete
 ``FluxPipeline`` (CLIP + T5 text stacks with hand-made tokenizers, AutoencoderKL, transformer,
