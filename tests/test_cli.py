@@ -20,9 +20,9 @@ def test_schedule_prints_stage_table(capsys):
 
 
 def test_schedule_custom_with_base_shift(capsys):
-    # NT-DM at base shift 3.0 reproduces the preset's shifts to the printed digit
+    # NT-DM's published recipe at base shift 3.0 reproduces the preset's shifts to the printed digit
     assert main(["schedule", "--steps", "5", "6", "7", "--ends", "0.3", "0.45", "1.0", "--up-ratio", "0.3",
-                 "--base-shift", "3.0", "--height", "512", "--width", "768"]) == 0
+                 "--base-shift", "3.0", "--option", "ntdm_method=reference", "--height", "512", "--width", "768"]) == 0
     out = capsys.readouterr().out
     assert "shifts=(5.019, 2.589, 2.226)" in out and "1536" in out  # 32 x 48 full-resolution tokens
 
@@ -50,7 +50,7 @@ def test_option_sets_variant_fields_and_schedule_shows_them(capsys):
 
 
 @pytest.mark.parametrize(("option", "named"), [
-    ("table_position=low_grid", "FIELD one of upsample, canny_clip_unit"),
+    ("table_position=low_grid", "FIELD one of ntdm_method, upsample, canny_clip_unit"),
     ("noise_downsample", "FIELD=VALUE"),
     ("table_positions=aligned", "table_positions must be one of"),
     ("exact_kept_noise=yes", "exact_kept_noise must be true or false"),

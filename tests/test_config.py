@@ -26,9 +26,15 @@ def test_preset_token_counts(name, tokens):
 
 
 def test_custom_config_takes_shifts_from_ntdm():
-    config = RALUConfig(steps=(5, 6, 7), ends=(0.3, 0.45, 1.0), up_ratio=0.3, base_shift=3.0)
-    assert config.shifts == pytest.approx((5.019, 2.589, 2.226), abs=1e-3)
-    assert config.noise_ratio == pytest.approx(6.317, abs=1e-3)
+    from ralu.ntdm import ntdm_objective
+
+    reference = RALUConfig(steps=(5, 6, 7), ends=(0.3, 0.45, 1.0), up_ratio=0.3, base_shift=3.0,
+                           ntdm_method="reference")
+    assert reference.shifts == pytest.approx((5.019, 2.589, 2.226), abs=1e-3)
+    assert reference.noise_ratio == pytest.approx(6.317, abs=1e-3)
+    robust = reference.replace(ntdm_method="robust", shifts=None, noise_ratio=None)
+    objective = lambda c: ntdm_objective(c.shifts, c.noise_ratio, c.steps, c.ends, 3.0)  # noqa: E731
+    assert objective(robust) < objective(reference)
 
 
 def test_an_auto_config_is_solved_when_resolved():
@@ -38,7 +44,9 @@ def test_an_auto_config_is_solved_when_resolved():
         config.stages
     resolved = config.resolve(3.0)
     assert resolved.resolved and resolved.base_shift == 3.0
-    assert resolved.shifts == pytest.approx((5.019, 2.589, 2.226), abs=1e-3)
+    from ralu import solve_ntdm
+
+    assert (resolved.shifts, resolved.noise_ratio) == solve_ntdm((5, 6, 7), (0.3, 0.45, 1.0), 3.0)
 
 
 def test_given_noise_ratio_is_kept_and_shifts_solved():
@@ -151,7 +159,7 @@ def test_sd3_presets_are_the_paper_values_and_close_to_ntdm():
     assert three.shifts == (6.40, 2.60, 2.273) and three.noise_ratio == pytest.approx(1 / math.sqrt(0.0255), rel=1e-12)
     # the paper prints NT-DM's solution at base shift 3.0 to 2-4 digits (README, SD3 presets)
     for config, shift_tol, ratio_tol in ((two, (1e-3, 7e-3, 3e-3), 1e-3), (three, (2e-3, 2e-3, 1e-3), 5e-3)):
-        shifts, ratio = solve_ntdm(config.steps, config.ends, 3.0)
+        shifts, ratio = solve_ntdm(config.steps, config.ends, 3.0, method="reference")
         assert all(abs(a - b) <= tol for a, b, tol in zip(shifts, config.shifts, shift_tol))
         assert abs(ratio - config.noise_ratio) <= ratio_tol
 

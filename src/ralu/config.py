@@ -14,7 +14,8 @@ TABLE_POSITIONS = ("low_grid", "full_grid", "stock_then_full")
 REGION_SOURCES = ("decoded", "latent")
 NOISE_DOWNSAMPLE_MODES = ("nearest", "block_sum")
 # The fields that choose between implementations of one step (not the schedule), with their values.
-VARIANT_OPTIONS = {"upsample": UPSAMPLE_MODES, "canny_clip_unit": (False, True), "token_position": TOKEN_POSITIONS,
+NTDM_METHODS = ("robust", "reference")
+VARIANT_OPTIONS = {"ntdm_method": NTDM_METHODS, "upsample": UPSAMPLE_MODES, "canny_clip_unit": (False, True), "token_position": TOKEN_POSITIONS,
                    "exact_kept_noise": (False, True), "table_positions": TABLE_POSITIONS,
                    "region_source": REGION_SOURCES, "noise_downsample": NOISE_DOWNSAMPLE_MODES}
 
@@ -52,6 +53,9 @@ class RALUConfig:
     solved_shift: the base shift that ``shifts`` and ``noise_ratio`` were solved for (presets);
         :meth:`resolve` keeps them when the run's base shift equals it and solves again otherwise.
         None: shifts and noise ratio given by hand are kept as they are.
+    ntdm_method: how NT-DM solves missing H and Z: "robust" (never worse than the published recipe)
+        or "reference" (the published script's recipe; the presets use it, so that their numbers
+        move continuously from the published ones when re-solved at another size).
     upsample: "token_repeat" (the reference script: each packed 2×2-patch token copied four
         times) or "latent_nearest" (nearest upsampling of the latent image).
     canny_clip_unit: True reproduces the reference script, which clips the decoded image to
@@ -79,6 +83,7 @@ class RALUConfig:
     noise_ratio: float | None = None
     base_shift: float | str = AUTO
     solved_shift: float | None = None
+    ntdm_method: str = "robust"
     upsample: str = "token_repeat"
     canny_clip_unit: bool = False
     token_position: str = "corner"
@@ -96,6 +101,10 @@ class RALUConfig:
                             shifts=(5.019, 2.589, 2.226), noise_ratio=6.317, solved_shift=3.0),
         "flux-dev-7x": dict(steps=(2, 3, 5), ends=(0.2, 0.3, 1.0), up_ratio=0.1,
                             shifts=(8.141, 2.856, 2.193), noise_ratio=6.261, solved_shift=3.0),
+        # The paper's v3 main preset (Table 1, "RALU 5x"): H and c = 1/Z² as published (NT-DM's
+        # published recipe gives H = (5.115, 2.642, 2.254), c = 0.0177).
+        "flux-dev-5x": dict(steps=(4, 5, 6), ends=(0.3, 0.45, 1.0), up_ratio=0.2,
+                            shifts=(5.12, 2.64, 2.25), noise_ratio=1 / math.sqrt(0.0177), solved_shift=3.0),
         # The paper's SD3-Medium schedules (baseline 28 steps, base shift 3.0), Z = 1/√c.
         "sd3-2x": dict(steps=(5, 6, 9), ends=(0.2, 0.3, 1.0), up_ratio=0.3,
                        shifts=(6.121, 2.23, 1.97), noise_ratio=1 / math.sqrt(0.0586), solved_shift=3.0),
@@ -105,6 +114,11 @@ class RALUConfig:
         # and Z from NT-DM at base shift 1.0, which lands on the bounds (H2 = 0.5, Z = 2).
         "flux-schnell-2x": dict(steps=(2, 1, 1), ends=(0.5, 0.75, 1.0), up_ratio=0.3,
                                 shifts=(0.574, 0.5, 0.878), noise_ratio=2.0, solved_shift=1.0),
+        # SD3.5-Large-Turbo (4 steps, no CFG; the paper's Table 2 gives no schedule): FLUX.1-schnell's
+        # 2/1/1 split and stage ends, H and Z from NT-DM's published recipe at the static shift 3.0.
+        # With one step in stages 2 and 3 only H1 and Z act (a one-step grid is its two ends).
+        "sd3.5-large-turbo-2x": dict(steps=(2, 1, 1), ends=(0.5, 0.75, 1.0), up_ratio=0.3,
+                                     shifts=(2.595, 1.521, 9.796), noise_ratio=4.176, solved_shift=3.0),
         # --- FLUX.2 presets ---
         # --- Qwen-Image presets ---
         # --- Z-Image presets ---
@@ -144,7 +158,7 @@ class RALUConfig:
         if (shifts is None or noise_ratio is None) and self.base_shift != AUTO:
             from .ntdm import solve_ntdm
 
-            solved_shifts, solved_ratio = solve_ntdm(steps, ends, float(self.base_shift))
+            solved_shifts, solved_ratio = solve_ntdm(steps, ends, float(self.base_shift), self.ntdm_method)
             shifts = solved_shifts if shifts is None else shifts
             noise_ratio = solved_ratio if noise_ratio is None else noise_ratio
         object.__setattr__(self, "steps", steps)
@@ -160,7 +174,7 @@ class RALUConfig:
         """A named preset (see ``RALUConfig.PRESETS``), optionally with fields replaced."""
         if name not in cls.PRESETS:
             raise ValueError(f"preset must be one of {sorted(cls.PRESETS)}, got {name!r}")
-        fields = {**cls.PRESETS[name], "name": name, **overrides}
+        fields = {"ntdm_method": "reference", **cls.PRESETS[name], "name": name, **overrides}
         if {"steps", "ends"} & overrides.keys() and not {"shifts", "noise_ratio"} & overrides.keys():
             fields.update(shifts=None, noise_ratio=None, solved_shift=None)  # a new schedule: solve it
         return cls(**fields)
@@ -247,8 +261,10 @@ class RALUConfig:
     def describe(self) -> str:
         """One line: the schedule, then any variant option that differs from its default."""
         label = self.name or "custom"
-        changed = [f"{name}={getattr(self, name)}" for name in VARIANT_OPTIONS
-                   if getattr(self, name) != self.__dataclass_fields__[name].default]
+        defaults = {name: self.__dataclass_fields__[name].default for name in VARIANT_OPTIONS}
+        if self.name in self.PRESETS:
+            defaults["ntdm_method"] = "reference"  # the presets' own recipe
+        changed = [f"{name}={getattr(self, name)}" for name in VARIANT_OPTIONS if getattr(self, name) != defaults[name]]
         shifts = "auto" if self.shifts is None else tuple(round(h, 3) for h in self.shifts)
         ratio = "auto" if self.noise_ratio is None else f"{self.noise_ratio:.3f}"
         base = self.base_shift if self.base_shift == AUTO else f"{self.base_shift:.3f}"

@@ -28,7 +28,15 @@ is flat along H_1 and piecewise in Z, where grid points cross the stage boundari
   and finite-difference gradients, from ``(3, …, 3, 2)``. TNC, SLSQP, Powell, Nelder-Mead and
   trust-constr all stop elsewhere.
 
-Checked with scipy 1.17.1 and numpy 2.4.6. A solve takes 10-60 ms.
+That recipe is the ``"reference"`` method. The objective is flat along H_1 and piecewise in Z, so
+one bounded L-BFGS-B run from one start stops wherever rounding sends it, often well above the
+minimum (on the FLUX 4x schedule 0.01746 against 0.01687). The ``"robust"`` method (the default)
+runs the reference recipe, then scans Z over a fixed geometric grid with H minimised at each Z
+(warm-started along the scan), polishes the two best scan points in all variables, and returns
+the best of these by the objective, the reference point on ties: deterministic, never worse than
+the reference, about 0.15 s. docs/planner.md has the measured gains.
+
+Checked with scipy 1.17.1 and numpy 2.4.6.
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ SHIFT_BOUNDS = (0.5, 10.0)
 NOISE_RATIO_BOUNDS = (2.0, 100.0)
 _START_SHIFT = 3.0
 _START_NOISE_RATIO = 2.0
+METHODS = ("robust", "reference")  # ralu.config.NTDM_METHODS
+_SCAN = np.geomspace(2.0, 40.0, 20)  # noise ratios of the robust method's scan
+_POLISHED = 2  # scan points polished in all variables
 
 
 def _pdf(t: np.ndarray, h: float) -> np.ndarray:
@@ -135,30 +146,48 @@ def _check(
     return tuple(int(n) for n in steps_t), ends_f, float(base_shift)
 
 
-@functools.lru_cache(maxsize=256)
-def _solve(
-    steps: tuple[int, ...], ends: tuple[float, ...], base_shift: float
-) -> tuple[tuple[float, ...], float]:
+@functools.lru_cache(maxsize=1024)
+def _solve(steps: tuple[int, ...], ends: tuple[float, ...], base_shift: float,
+           method: str) -> tuple[tuple[float, ...], float]:
     from scipy.optimize import minimize
 
     k = len(steps)
+    bounds = [SHIFT_BOUNDS] * k + [NOISE_RATIO_BOUNDS]
 
     def objective(x: np.ndarray) -> float:
         return ntdm_objective(x[:k], x[k], steps, ends, base_shift)
 
-    x0 = np.array([_START_SHIFT] * k + [_START_NOISE_RATIO])
-    result = minimize(objective, x0, bounds=[SHIFT_BOUNDS] * k + [NOISE_RATIO_BOUNDS])
-    return tuple(float(h) for h in result.x[:k]), float(result.x[k])
+    reference = minimize(objective, np.array([_START_SHIFT] * k + [_START_NOISE_RATIO]), bounds=bounds)
+    # scipy's reported .fun can differ from the objective at its returned .x: compare recomputed values
+    best_value, best = objective(reference.x), reference.x
+    if method == "robust":
+        shifts, scan = np.full(k, _START_SHIFT), []
+        for ratio in _SCAN:
+            fixed = minimize(lambda h: ntdm_objective(h, ratio, steps, ends, base_shift), shifts,
+                             bounds=[SHIFT_BOUNDS] * k)
+            shifts = fixed.x
+            scan.append((fixed.fun, np.append(fixed.x, ratio)))
+        scan.sort(key=lambda item: item[0])
+        for _, start in scan[:_POLISHED]:
+            polished = minimize(objective, start, bounds=bounds)
+            value = objective(polished.x)
+            if value < best_value:
+                best_value, best = value, polished.x
+    return tuple(float(h) for h in best[:k]), float(best[k])
 
 
 def solve_ntdm(
-    steps: Sequence[int], ends: Sequence[float], base_shift: float = 3.0
+    steps: Sequence[int], ends: Sequence[float], base_shift: float = 3.0, method: str = "robust"
 ) -> tuple[tuple[float, ...], float]:
     """Per-stage shifts H and noise ratio Z (paper 1/√c) that minimise the NT-DM objective.
 
     steps: N_k, model calls per stage, K >= 2 stages; ends: e_k, stage-end progresses,
     increasing strictly in (0, 1] with e_K = 1.0; base_shift: h0 of the stock schedule.
+    method: "robust" (default: never worse than "reference") or "reference" (the published
+    script's recipe, which the published presets come from).
     Returns ``((H_1, …, H_K), Z)``, H_k ∈ [0.5, 10], Z ∈ [2, 100]. Results are cached, so equal
     inputs return the identical tuple.
     """
-    return _solve(*_check(steps, ends, base_shift))
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return _solve(*_check(steps, ends, base_shift), method)
