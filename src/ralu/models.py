@@ -35,7 +35,8 @@ class ModelSpec:
     decode_flops: (a, b) with one VAE decode of P output pixels costing ``a·P + b·P²`` FLOPs;
     steps, text_tokens, branches: the stock pipeline's steps, text tokens per transformer call and
     transformer calls per step (2 under classifier-free guidance);
-    preset: the RALU preset its pipeline uses by default; pixels_per_token: 16 (8x VAE, 2x2 patches).
+    preset: the RALU preset its pipeline uses by default; presets: those made for this model (solved for
+    its stock schedule); pixels_per_token: 16 (8x VAE, 2x2 patches).
     """
 
     name: str
@@ -49,6 +50,7 @@ class ModelSpec:
     text_tokens: int
     branches: int
     preset: str
+    presets: tuple[str, ...] = ()
     pixels_per_token: int = 16
 
     def image_tokens(self, height: int, width: int) -> int:
@@ -118,7 +120,7 @@ def _load(name: str) -> ModelSpec:
                      transformer=MappingProxyType(data["transformer"]), scheduler=MappingProxyType(data["scheduler"]),
                      decode_flops=tuple(data["vae"]["decode_flops"]), steps=data["steps"],
                      text_tokens=data["text_tokens"], branches=data["branches"], preset=data["preset"],
-                     pixels_per_token=data.get("pixels_per_token", 16))
+                     presets=tuple(data.get("presets", ())), pixels_per_token=data.get("pixels_per_token", 16))
 
 
 def names() -> tuple[str, ...]:
@@ -135,13 +137,11 @@ def get(name: str) -> ModelSpec:
 
 
 def for_preset(preset: str) -> ModelSpec:
-    """The model a preset was made for (its name's prefix)."""
-    for name in sorted(names(), key=len, reverse=True):
-        if preset.startswith(name.split("-")[0] + "-") and get(name).preset == preset:
+    """The model a preset was made for (the first model file listing it; FLUX.1-dev for custom configs)."""
+    for name in names():
+        if preset in get(name).presets:
             return get(name)
-    prefix = preset.rsplit("-", 1)[0]
-    matches = [n for n in names() if n.startswith(prefix) or prefix.startswith(n)]
-    return get(matches[0]) if matches else get("flux-dev")
+    return get("flux-dev")
 
 
 def vae_decode_coefficients(vae_config: Mapping[str, Any]) -> tuple[float, float]:
