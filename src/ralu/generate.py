@@ -160,7 +160,7 @@ def run_generate(request: GenerateRequest, say: Callable[[str], None] = print) -
     if request.negative_prompt is not None:
         kwargs["negative_prompt"] = request.negative_prompt
     start = time.perf_counter()
-    output = pipe(request.prompt, **kwargs)
+    output = pipe(prompt=request.prompt, **kwargs)
     total = time.perf_counter() - start
     _report(output.stage_steps, output.stage_tokens, output.stage_seconds, output.regions, total, say)
     _save(output.images, request.paths, say)

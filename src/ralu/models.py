@@ -74,8 +74,9 @@ class ModelSpec:
         tokens = self.image_tokens(height, width)
         if isinstance(config, Baseline):
             return config.resolve(self.stock_shift(tokens, config.steps))
-        reference = self.stock_shift(self.image_tokens(*REFERENCE_SIZE), sum(config.steps))
-        return config.resolve(self.stock_shift(tokens, sum(config.steps)), reference)
+        # the stock schedule RALU matches is the model's own baseline (its default steps, for FLUX.2's μ)
+        reference = self.stock_shift(self.image_tokens(*REFERENCE_SIZE))
+        return config.resolve(self.stock_shift(tokens), reference)
 
     def decode(self, height: int, width: int) -> float:
         """FLOPs of one VAE decode to ``height`` x ``width`` px."""

@@ -26,7 +26,7 @@ def schedule_report(config: RALUConfig, spec: ModelSpec, height: int, width: int
     resolved = spec.resolve(config, height, width)
     lines = [resolved.describe()]
     if config.base_shift == AUTO:
-        stock = spec.stock_shift(full, sum(config.steps))
+        stock = spec.stock_shift(full)
         kept = resolved.shifts == config.shifts and config.shifts is not None
         note = (f"the preset's numbers, solved for {config.solved_shift:g}, hold at "
                 f"{REFERENCE_SIZE[0]}x{REFERENCE_SIZE[1]}" if kept else "H and Z solved by NT-DM for it")

@@ -1,0 +1,66 @@
+"""Distribution distances and paired statistics with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ralu.eval import stats
+
+
+def gaussian(n, d=8, shift=0.0, scale=1.0, seed=0):
+    return np.random.default_rng(seed).normal(shift, scale, size=(n, d))
+
+
+def test_fid_is_zero_for_identical_sets_and_grows_with_a_shift():
+    a = gaussian(400)
+    value, se = stats.fid(a, a)
+    assert abs(value) < 1e-6 and se >= 0
+    near, _ = stats.fid(gaussian(400, seed=1), gaussian(400, seed=2))
+    far, far_se = stats.fid(gaussian(400, seed=1), gaussian(400, shift=1.0, seed=2))
+    # a mean shift of 1 in each of 8 dimensions adds |Δμ|² = 8 to the Fréchet distance
+    assert near < 1.0 and far == pytest.approx(8.0 + near, abs=1.0) and far > near + 5 * far_se
+
+
+def test_fid_of_gaussians_matches_the_closed_form():
+    # N(0, I) against N(0, 4I) in d dimensions: tr(I + 4I - 2·2I) = d
+    d = 4
+    a, b = gaussian(20000, d, seed=3), gaussian(20000, d, scale=2.0, seed=4)
+    value, _ = stats.fid(a, b, bootstrap=2)
+    assert value == pytest.approx(d, rel=0.05)
+
+
+def test_kid_is_near_zero_for_the_same_distribution_and_positive_for_a_shift():
+    same, same_se = stats.kid(gaussian(300, seed=5), gaussian(300, seed=6), subset_size=100)
+    shifted, shifted_se = stats.kid(gaussian(300, seed=5), gaussian(300, shift=0.5, seed=6), subset_size=100)
+    assert abs(same) < 3 * same_se + 1e-3  # unbiased: zero within noise
+    assert shifted > 10 * shifted_se and shifted > same
+
+
+def test_precision_and_recall_on_constructed_cases():
+    real = gaussian(300, 2, seed=7)
+    # fakes collapsed onto part of the real support: precise, poor recall
+    collapsed = real[real[:, 0] > 0.5][:100] + 1e-3
+    precision, recall = stats.precision_recall(real, collapsed)
+    assert precision > 0.9 and recall < 0.5
+    # fakes far away: neither
+    precision, recall = stats.precision_recall(real, gaussian(300, 2, shift=8.0, seed=8))
+    assert precision == 0.0 and recall == 0.0
+    # the same distribution: both high
+    precision, recall = stats.precision_recall(real, gaussian(300, 2, seed=9))
+    assert precision > 0.8 and recall > 0.8
+
+
+def test_mean_se_and_paired_difference():
+    assert stats.mean_se([1.0, 2.0, 3.0, None, float("nan")]) == dict(mean=2.0, se=pytest.approx(1 / math.sqrt(3)), n=3)
+    d = stats.paired_difference([1.0, 2.0, None, 5.0], [0.5, 1.0, 3.0, float("inf")])
+    assert d["n"] == 2 and d["mean"] == pytest.approx(0.75)
+
+
+def test_inputs_are_checked():
+    with pytest.raises(ValueError, match="same width"):
+        stats.fid(gaussian(10, 3), gaussian(10, 4))
+    with pytest.raises(ValueError, match="more than 3 images"):
+        stats.precision_recall(gaussian(3), gaussian(10))
