@@ -107,8 +107,9 @@ def _parse_options(items: Sequence[str]) -> dict:
     return options
 
 
-def _size(args: argparse.Namespace, default: tuple[int, int] | None = (1024, 1024)) -> tuple[int, int] | None:
-    """(height, width) from ``--size WxH`` or ``--height``/``--width``; checked positive."""
+def _size(args: argparse.Namespace, default: tuple[int, int] | None = (1024, 1024)) -> tuple | None:
+    """(height, width) from ``--size WxH`` or ``--height``/``--width``, checked positive. Without a
+    default, a side not given stays None (the pipeline's own default), and nothing given gives None."""
     height, width = getattr(args, "height", None), getattr(args, "width", None)
     if getattr(args, "size", None):
         if height is not None or width is not None:
@@ -120,10 +121,11 @@ def _size(args: argparse.Namespace, default: tuple[int, int] | None = (1024, 102
         width, height = int(w), int(h)
     if height is None and width is None and default is None:
         return None
-    height = default[0] if height is None else height
-    width = default[1] if width is None else width
+    if default is not None:
+        height = default[0] if height is None else height
+        width = default[1] if width is None else width
     for name, value in (("height", height), ("width", width)):
-        if value <= 0:
+        if value is not None and value <= 0:
             raise UsageError(f"--{name} must be a positive number of px, got {value}")
     return height, width
 
@@ -272,7 +274,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if rest[:1] == ["--"]:
         rest = rest[1:]
     module = importlib.import_module(f"ralu.bench.{args.which}")
-    return module.main(rest)
+    try:
+        return module.main(rest)
+    except SystemExit as stop:  # the benchmark's own argparse: --help, or a usage error it printed
+        return stop.code if isinstance(stop.code, int) else 2
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

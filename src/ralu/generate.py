@@ -137,10 +137,10 @@ def run_generate(request: GenerateRequest, say: Callable[[str], None] = print) -
     index = model_index(request.model)
     cls = pipeline_class(index)
     if request.size is not None:
-        multiple = SIZE_MULTIPLE if not hasattr(request.config, "steps") or isinstance(request.config, RALUConfig) \
+        multiple = SIZE_MULTIPLE if request.config is None or isinstance(request.config, RALUConfig) \
             else SIZE_MULTIPLE // 2
         for name, value in zip(("height", "width"), request.size):
-            if value % multiple:
+            if value is not None and value % multiple:
                 raise ValueError(f"--{name} must be a multiple of {multiple} px for this schedule, got {value}")
     dtype = getattr(torch, "float32" if request.dtype == "auto" and request.device == "cpu" else
                     "bfloat16" if request.dtype == "auto" else request.dtype)
@@ -152,7 +152,7 @@ def run_generate(request: GenerateRequest, say: Callable[[str], None] = print) -
     kwargs = dict(num_images_per_prompt=request.num_images,
                   generator=torch.Generator("cpu").manual_seed(request.seed), config=request.config)
     if request.size is not None:
-        kwargs.update(height=request.size[0], width=request.size[1])
+        kwargs.update({k: v for k, v in zip(("height", "width"), request.size) if v is not None})
     if request.guidance is not None:
         kwargs["guidance_scale"] = request.guidance
     if request.true_cfg_scale is not None:
@@ -201,7 +201,8 @@ def _generate_toy(request: GenerateRequest, say) -> None:
     from .demo import model as toy
     from .demo.images import to_uint8
 
-    height, width = request.size or (toy.RESOLUTION, toy.RESOLUTION)
+    height, width = request.size or (None, None)
+    height, width = height or width or toy.RESOLUTION, width or height or toy.RESOLUTION
     toy.token_grid(height, width)  # raises for sizes the toy cannot take
     config = request.config if request.config is not None else RALUConfig.preset("flux-dev-4x")
     if request.true_cfg_scale is not None:

@@ -146,6 +146,29 @@ class RALUPipelineMixin:
     reference_size: tuple[int, int] = (1024, 1024)  # presets' H and Z hold exactly at this size
     _ralu_adapter = None
 
+    @classmethod
+    def _stock_class(cls) -> type:
+        """The stock diffusers pipeline this class extends."""
+        return next(base for base in cls.__mro__[1:] if base.__module__.startswith("diffusers."))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """The stock ``from_pretrained``, after checking that the checkpoint is of this pipeline's family."""
+        import os
+
+        folder = pretrained_model_name_or_path
+        index = os.path.join(str(folder), "model_index.json") if os.path.isdir(str(folder)) else None
+        if index is not None and os.path.isfile(index):
+            import json
+
+            with open(index) as handle:
+                name = json.load(handle).get("_class_name", "")
+            stock = cls._stock_class().__name__
+            if name.removeprefix("RALU") != stock:
+                raise ValueError(f"{folder} holds a {name or 'pipeline without _class_name'}, not a {stock}: load it "
+                                 f"with the RALU class for {name} (ralu.generate.PIPELINES), or pass a {stock} folder")
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     @property
     def current_timestep(self):
         """σ·1000 of the model call in progress (for cache hooks polling the pipeline), else None."""
