@@ -12,6 +12,8 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# a calibration saved on this machine must not change what ralu schedule / ralu plan print in tests
+os.environ["RALU_CACHE"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ralu-test-cache-{os.getpid()}")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
@@ -56,6 +58,43 @@ def prompt_embeds(ralu_pipe):
 
 # --- FLUX.2 fixtures ---
 
+@pytest.fixture(scope="session")
+def tiny_flux2_path(tmp_path_factory):
+    from ralu.testing import save_tiny_flux2
+
+    return save_tiny_flux2(tmp_path_factory.mktemp("tiny-flux2"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_klein_path(tmp_path_factory):
+    """A tiny step-distilled FLUX.2 [klein]; ``RALUFlux2KleinPipeline.from_pipe(pipe, is_distilled=False)`` is its base twin."""
+    from ralu.testing import save_tiny_flux2_klein
+
+    return save_tiny_flux2_klein(tmp_path_factory.mktemp("tiny-klein"), seed=1, is_distilled=True)
+
+
 # --- Qwen-Image fixtures ---
 
+@pytest.fixture(scope="session")
+def tiny_qwenimage_path(tmp_path_factory):
+    from ralu.testing import save_tiny_qwenimage
+
+    return save_tiny_qwenimage(tmp_path_factory.mktemp("tiny-qwenimage"), seed=0)
+
+
 # --- Z-Image fixtures ---
+
+@pytest.fixture(scope="session")
+def tiny_zimage_path(tmp_path_factory):
+    """A tiny Z-Image-Turbo-shaped pipeline (scheduler shift 3.0)."""
+    from ralu.testing import save_tiny_zimage
+
+    return save_tiny_zimage(tmp_path_factory.mktemp("tiny-zimage-turbo"), seed=0, shift=3.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_zimage_base_path(tmp_path_factory):
+    """A tiny Z-Image-shaped (base model) pipeline (scheduler shift 6.0)."""
+    from ralu.testing import save_tiny_zimage
+
+    return save_tiny_zimage(tmp_path_factory.mktemp("tiny-zimage"), seed=1, shift=6.0)

@@ -165,11 +165,14 @@ def _positive(name: str, value: int | None) -> None:
         raise UsageError(f"--{name} must be >= 1, got {value}")
 
 
-def _latency_model(path: Path | None):
-    if path is None:
-        return None
-    from .calibrate import LatencyModel
+def _latency_model(path: Path | None, model: str | None = None):
+    """The calibration at ``path``; without one, the saved calibration of ``model`` on this machine, if any."""
+    from .calibrate import LatencyModel, default_path
 
+    if path is None:
+        if model is None or not default_path(model).is_file():
+            return None
+        path = default_path(model)
     return LatencyModel.load(path)
 
 
@@ -178,7 +181,13 @@ def _latency_model(path: Path | None):
 def cmd_schedule(args: argparse.Namespace) -> int:
     from .reports import schedule_report
 
-    config = _config_from_args(args)
+    default = "flux-dev-4x"
+    if args.model is not None and args.preset is None and args.steps is None:
+        from . import models
+
+        if args.model in models.names():
+            default = models.get(args.model).preset  # the model's own default preset
+    config = _config_from_args(args, default)
     spec = _model_spec(args.model, config)
     height, width = _size(args)
     _check_cost_size(height, width)
@@ -187,7 +196,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     branches = None if args.cfg is None else (2 if args.cfg else 1)
     print(schedule_report(config, spec, height, width, baseline_steps=args.baseline_steps, branches=branches,
                           skipped=args.skipped, text_tokens=args.text_tokens,
-                          latency=_latency_model(args.calibration)))
+                          latency=None if args.no_calibration else _latency_model(args.calibration, spec.name)))
     return 0
 
 
@@ -199,7 +208,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     _check_cost_size(height, width)
     _positive("baseline-steps", args.baseline_steps)
     _positive("top", args.top)
-    latency = _latency_model(args.calibration)
+    latency = None if args.no_calibration else _latency_model(args.calibration, spec.name)
     objective = args.objective or ("time" if latency is not None else "flops")
     result = plan(args.speedup, model=spec, height=height, width=width, baseline_steps=args.baseline_steps,
                   objective=objective, latency=latency, tolerance=args.tolerance)
@@ -306,8 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--skipped", type=int, nargs=3, metavar=("S1", "S2", "S3"),
                           help="calls per stage a temporal cache skipped: report spatial x temporal speedups")
     schedule.add_argument("--baseline-steps", type=int, help="baseline model calls (default: the model's)")
-    schedule.add_argument("--calibration", type=Path, help="a latency calibration (ralu bench calibrate): "
-                                                           "adds the predicted wall-clock speedup")
+    schedule.add_argument("--calibration", type=Path, help="a latency calibration (default: the model's saved by "
+                                                           "ralu bench calibrate, if any): adds the predicted speedup")
+    schedule.add_argument("--no-calibration", action="store_true", help="ignore a saved calibration")
     schedule.set_defaults(handler=cmd_schedule)
 
     plan = commands.add_parser("plan", help="find RALU schedules for a target speedup")
@@ -319,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--baseline-steps", type=int, help="baseline model calls (default: the model's)")
     plan.add_argument("--objective", choices=("flops", "time"),
                       help="what the speedup counts (default: time with --calibration, else flops)")
-    plan.add_argument("--calibration", type=Path, help="a latency calibration (ralu bench calibrate)")
+    plan.add_argument("--calibration", type=Path, help="a latency calibration (default: the model's saved by "
+                                                       "ralu bench calibrate, if any)")
+    plan.add_argument("--no-calibration", action="store_true", help="ignore a saved calibration")
     plan.add_argument("--tolerance", type=float, default=0.03, help="relative band around the target (default 0.03)")
     plan.add_argument("--top", type=int, default=5, help="candidates to print (default 5)")
     plan.set_defaults(handler=cmd_plan)
