@@ -178,6 +178,20 @@ def test_callback_on_step_end_follows_diffusers_convention(ralu_pipe):
     assert [n for _, _, n in seen] == [64] * 2 + [64 - 6 + 24] * 3 + [256] * 5
 
 
+def test_true_cfg_baseline_reproduces_stock_flux_pipeline(flux_pipe, ralu_pipe, prompt_embeds):
+    """FLUX's true CFG (a second call on the negative prompt, neg + s·(cond − neg)) as the stock pipeline."""
+    embeds, pooled = prompt_embeds
+    latents = torch.randn(2, 256, 64, generator=torch.Generator().manual_seed(3))
+    kwargs = dict(prompt_embeds=embeds, pooled_prompt_embeds=pooled, negative_prompt_embeds=embeds.flip(0),
+                  negative_pooled_prompt_embeds=pooled.flip(0), true_cfg_scale=4.0, latents=latents, height=SIZE,
+                  width=SIZE, output_type="latent")
+    stock = flux_pipe(num_inference_steps=6, **kwargs).images
+    ours = ralu_pipe(config=Baseline(6), **kwargs).images
+    assert torch.equal(ours, stock)
+    plain = ralu_pipe(config=Baseline(6), **{**kwargs, "true_cfg_scale": 1.0}).images
+    assert not torch.allclose(plain, stock, atol=1e-3)  # the guidance acted
+
+
 def test_true_cfg_runs_a_second_branch(ralu_pipe):
     kwargs = dict(height=SIZE, width=SIZE, output_type="latent", config="flux-dev-7x")
     plain = ralu_pipe("a red circle", generator=gens(0), **kwargs).images
