@@ -101,6 +101,9 @@ def test_scores_summary_and_report(toy_run):
     text = path.read_text()
     assert "| `steps:2` | 2 |" in text and "2.00x" in text and "Paired differences" in text
     assert (out / "quality_vs_speedup.png").stat().st_size > 5000
+    # a second scoring run with another metric (another environment, say) keeps the first one's scores
+    again = score.score(out, ["ssim"], say=lambda _: None)
+    assert {"toy_readback.all", "psnr", "ssim"} <= set(again["metrics"])
 
 
 def test_set_metrics_against_the_reference_and_the_rendered_truth(toy_run, monkeypatch):

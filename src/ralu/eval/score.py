@@ -63,11 +63,12 @@ def score(out: Path, metric_names: Sequence[str], reference: str | None = None,
         for m in (a, b):
             if m not in methods:
                 raise ValueError(f"pair {a!r} vs {b!r}: {m!r} is not in the manifest")
+    _merge_earlier(out, rows, reference)
     by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
     ref_rows = {(r["prompt_index"], r["seed"]): r for r in by_method[reference]}
     ref_images = None
     truth_cache: dict[str, np.ndarray | None] = {}
-    set_results: dict[str, dict] = {m: {} for m in methods}
+    set_results: dict[str, dict] = {m: dict(_earlier_sets(out, reference).get(m, {})) for m in methods}
     for metric in metrics:
         fn = metric.fn()
         say(f"scoring {metric.name} ({metric.kind})")
@@ -106,6 +107,33 @@ def score(out: Path, metric_names: Sequence[str], reference: str | None = None,
     summary = summarise(rows, methods, reference, set_results, pairs, metrics)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable) + "\n")
     return summary
+
+
+def _merge_earlier(out: Path, rows: Sequence[dict], reference: str) -> None:
+    """Keep the scores an earlier ``ralu eval score`` wrote (another metric set, maybe from another
+    environment), when it used the same reference."""
+    path = out / "scores.jsonl"
+    if not path.is_file() or _earlier_reference(out) != reference:
+        return
+    earlier = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            earlier[(row["method"], row["prompt_index"], row["seed"])] = row.get("scores", {})
+    for row in rows:
+        row["scores"] = dict(earlier.get((row["method"], row["prompt_index"], row["seed"]), {}))
+
+
+def _earlier_reference(out: Path) -> str | None:
+    path = out / "summary.json"
+    return json.loads(path.read_text()).get("reference") if path.is_file() else None
+
+
+def _earlier_sets(out: Path, reference: str) -> dict:
+    if _earlier_reference(out) != reference:
+        return {}
+    methods = json.loads((out / "summary.json").read_text()).get("methods", {})
+    return {m: entry.get("sets", {}) for m, entry in methods.items()}
 
 
 def _jsonable(value):
