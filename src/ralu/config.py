@@ -64,8 +64,8 @@ class RALUConfig:
         "center" (at the centre of its four children).
     exact_kept_noise: False keeps the reference's renoising of tokens that are not upsampled
         (noise level α·√(1+1/Z²)); True scales their fresh noise to give exactly α.
-    table_positions: where tokens sit in an absolute position table (SD3's centre-cropped sin-cos
-        table; RoPE families ignore it): "stock_then_full" (stage 1 in the stock half-resolution
+    table_positions: where tokens sit when the family's positions depend on the image grid (SD3's
+        centre-cropped sin-cos table, Qwen-Image's centred RoPE; FLUX's relative RoPE ignores it): "stock_then_full" (stage 1 in the stock half-resolution
         crop, stage 2 on the full-resolution cells), "low_grid" (stages 1-2 in the half-resolution
         crop) or "full_grid" (the full-resolution crop from stage 1 on). docs/sd3_positions.md.
     region_source: "decoded" (the paper: decode the clean estimate at low resolution, Canny on
@@ -120,8 +120,35 @@ class RALUConfig:
         "sd3.5-large-turbo-2x": dict(steps=(2, 1, 1), ends=(0.5, 0.75, 1.0), up_ratio=0.3,
                                      shifts=(2.595, 1.521, 9.796), noise_ratio=4.176, solved_shift=3.0),
         # --- FLUX.2 presets ---
+        # FLUX.2 [dev] (50 steps; μ = compute_empirical_mu(4096, 50), shift 7.5636 at 1024²) and the
+        # step-distilled FLUX.2 [klein] 4B/9B (4 steps; shift 9.8866). Steps, ends and r: the planner's
+        # best at 3x and 5x (dev) and FLUX.1-schnell's 2/1/1 split with the planner's best ends (klein);
+        # H and Z from NT-DM's published recipe at that shift. Named for the end-to-end FLOPs speedup
+        # at 1024²: 2.98x, 5.01x; klein 1.76x (4B), 1.82x (9B). docs/families/flux2.md.
+        "flux2-dev-3x": dict(steps=(14, 9, 9), ends=(0.3, 0.45, 1.0), up_ratio=0.1,
+                             shifts=(9.511, 5.029, 5.955), noise_ratio=5.868, solved_shift=7.5636),
+        "flux2-dev-5x": dict(steps=(7, 4, 6), ends=(0.3, 0.35, 1.0), up_ratio=0.2,
+                             shifts=(10.0, 7.721, 4.834), noise_ratio=9.266, solved_shift=7.5636),
+        "flux2-klein-2x": dict(steps=(2, 1, 1), ends=(0.3, 0.45, 1.0), up_ratio=0.3,
+                               shifts=(10.0, 5.359, 8.076), noise_ratio=5.827, solved_shift=9.8866),
         # --- Qwen-Image presets ---
+        # Qwen-Image (50 steps, true CFG 4 with a negative prompt: 2 calls per step). Its stock σ grid
+        # is exp(μ)-shifted, μ = calculate_shift(4096) = 0.69355, then stretched to end at 0.02; NT-DM
+        # matches the shift part, h0 = exp(μ) = 2.0008 at 1024². FLUX.1's stage ends, H and Z from
+        # NT-DM's published recipe; named for the end-to-end FLOPs speedup at 1024² (3.32x, 5.40x).
+        "qwen-image-3x": dict(steps=(6, 8, 10), ends=(0.3, 0.45, 1.0), up_ratio=0.3,
+                              shifts=(3.264, 1.725, 1.488), noise_ratio=4.647, solved_shift=2.0008),
+        "qwen-image-5x": dict(steps=(4, 5, 6), ends=(0.3, 0.45, 1.0), up_ratio=0.3,
+                              shifts=(3.161, 1.607, 1.433), noise_ratio=3.774, solved_shift=2.0008),
         # --- Z-Image presets ---
+        # NT-DM at each model's static shift (docs/families/zimage.md). Z-Image-Turbo (8 calls, shift
+        # 3.0): its eight calls split 3/2/3. Z-Image (50 steps with CFG, shift 6.0): mild and strong.
+        "z-image-turbo-1.6x": dict(steps=(3, 2, 3), ends=(0.4, 0.6, 1.0), up_ratio=0.3,
+                                   shifts=(3.261, 2.11, 3.014), noise_ratio=8.168, solved_shift=3.0),
+        "z-image-3x": dict(steps=(10, 8, 8), ends=(0.5, 0.65, 1.0), up_ratio=0.3,
+                           shifts=(7.088, 4.883, 6.109), noise_ratio=17.849, solved_shift=6.0),
+        "z-image-7x": dict(steps=(4, 3, 4), ends=(0.4, 0.55, 1.0), up_ratio=0.3,
+                           shifts=(7.832, 5.089, 5.186), noise_ratio=20.817, solved_shift=6.0),
     }
 
     def __post_init__(self) -> None:

@@ -141,9 +141,154 @@ def sd3_call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: in
 
 # --- FLUX.2 (Flux2Transformer2DModel) -----------------------------------------------------------------
 
+FLUX2_REQUIRED_KEYS = ("num_layers", "num_single_layers", "num_attention_heads", "attention_head_dim", "in_channels",
+                       "joint_attention_dim")
+
+
+def flux2_call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: int = 512) -> float:
+    """FLOPs of one Flux2Transformer2DModel forward for one sample (batch 1; klein base's CFG runs two).
+
+    image_tokens: n packed tokens (4096 at 1024²); text_tokens: m (512 with the stock pipelines:
+    the prompt is padded to ``max_sequence_length`` and all of it is attended to). Unlike FLUX.1,
+    no layer has a bias and the modulation is computed once per call and shared by all blocks (6d
+    per stream for the double blocks, 3d for the single ones); the MLPs are SwiGLU (d → 2·r·d → r·d
+    → d, r = ``mlp_ratio``), fused with q/k/v and the output in the single blocks. The guidance
+    embedder counts when ``guidance_embeds`` (FLUX.2 [dev]: the pipeline always passes guidance).
+    Same counting rules as :func:`flux_call_flops`.
+    """
+    missing = [key for key in FLUX2_REQUIRED_KEYS if key not in config]
+    if missing:
+        raise ValueError(f"config lacks the transformer keys {missing}; needs {list(FLUX2_REQUIRED_KEYS)}")
+    n, m = _count("image_tokens", image_tokens), _count("text_tokens", text_tokens)
+    double = _count("num_layers", config["num_layers"])
+    single = _count("num_single_layers", config["num_single_layers"])
+    d = _count("num_attention_heads", config["num_attention_heads"]) * _count(
+        "attention_head_dim", config["attention_head_dim"])
+    in_channels = _count("in_channels", config["in_channels"])
+    out_channels = config.get("out_channels") or in_channels
+    patch = config.get("patch_size", 1)
+    features = config.get("timestep_guidance_channels", TIMESTEP_FEATURES)
+    hidden = int(d * config.get("mlp_ratio", 3.0))  # as diffusers: int(dim * mlp_ratio)
+    s = n + m
+
+    def linear(tokens: int, fan_in: int, fan_out: int) -> int:
+        return 2 * tokens * fan_in * fan_out
+
+    def swiglu(tokens: int) -> int:
+        return linear(tokens, d, 2 * hidden) + linear(tokens, hidden, d)
+
+    attention = 2 * 2 * s * s * d
+    time_mlp = linear(1, features, d) + linear(1, d, d)
+    embed = linear(n, in_channels, d) + linear(m, _count("joint_attention_dim", config["joint_attention_dim"]), d)
+    embed += time_mlp * (2 if config.get("guidance_embeds", True) else 1)
+    modulation = 2 * linear(1, d, 6 * d) + linear(1, d, 3 * d)  # once per call, shared by the blocks
+    double_block = 4 * linear(s, d, d) + attention + swiglu(n) + swiglu(m)  # q, k, v, out per stream
+    single_block = linear(s, d, 3 * d + 2 * hidden) + attention + linear(s, d + hidden, d)
+    head = linear(1, d, 2 * d) + linear(n, d, patch * patch * out_channels)  # norm_out modulation, proj_out
+    return float(embed + modulation + double * double_block + single * single_block + head)
+
 # --- Qwen-Image (QwenImageTransformer2DModel) ------------------------------------------------------------
 
+QWENIMAGE_REQUIRED_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels",
+                           "joint_attention_dim")
+
+
+def qwenimage_call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: int = 128) -> float:
+    """FLOPs of one QwenImageTransformer2DModel forward for one sample (batch 1; true CFG runs two).
+
+    image_tokens: n packed 2x2-patch tokens (4096 at 1024²); text_tokens: m Qwen2.5-VL tokens (the
+    prompt's own length: the pipeline pads only to the longest prompt of the batch). Embedders
+    ``img_in`` (64 → d) and ``txt_in`` (J → d; its RMSNorm is elementwise), the timestep MLP
+    (256 → d → d); per block an ``img_mod`` and a ``txt_mod`` (d → 6d), q/k/v/out per stream, joint
+    attention over n + m tokens, a GELU MLP d → 4d → d per stream; ``norm_out`` (d → 2d) and
+    ``proj_out`` (d → p²·out_channels). Same counting rules as :func:`flux_call_flops`.
+    """
+    missing = [key for key in QWENIMAGE_REQUIRED_KEYS if key not in config]
+    if missing:
+        raise ValueError(f"config lacks the transformer keys {missing}; needs {list(QWENIMAGE_REQUIRED_KEYS)}")
+    n, m = _count("image_tokens", image_tokens), _count("text_tokens", text_tokens)
+    layers = _count("num_layers", config["num_layers"])
+    d = _count("num_attention_heads", config["num_attention_heads"]) * _count(
+        "attention_head_dim", config["attention_head_dim"])
+    in_channels = _count("in_channels", config["in_channels"])
+    out_channels = config.get("out_channels") or in_channels
+    patch = config.get("patch_size", 2)
+    s, hidden = n + m, MLP_RATIO * d
+
+    def linear(tokens: int, fan_in: int, fan_out: int) -> int:
+        return 2 * tokens * fan_in * fan_out
+
+    embed = (linear(n, in_channels, d) + linear(m, _count("joint_attention_dim", config["joint_attention_dim"]), d)
+             + linear(1, TIMESTEP_FEATURES, d) + linear(1, d, d))
+    block = (2 * linear(1, d, 6 * d) + 4 * linear(s, d, d) + 2 * 2 * s * s * d
+             + linear(s, d, hidden) + linear(s, hidden, d))
+    head = linear(1, d, 2 * d) + linear(n, d, patch * patch * out_channels)
+    return float(embed + layers * block + head)
+
+
+def qwenimage_vae_decode_flops(vae_config: Mapping[str, Any], height: int, width: int) -> float:
+    """FLOPs of one AutoencoderKLQwenImage decode of one frame to ``height`` x ``width`` px (batch 1).
+
+    Built on the meta device and counted by FlopCounterMode, as :func:`vae_decode_flops` does for
+    AutoencoderKL: the causal 3-D convolutions and the mid-block attention. Imports torch and diffusers.
+    """
+    import torch
+    from diffusers import AutoencoderKLQwenImage
+    from torch.utils.flop_counter import FlopCounterMode
+
+    keys = {k: v for k, v in vae_config.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        vae = AutoencoderKLQwenImage.from_config(keys)
+    factor = 2 ** len(vae.config.temperal_downsample)
+    latents = torch.empty(1, vae.config.z_dim, 1, height // factor, width // factor, device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad(), torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        vae.decode(latents)
+    return float(counter.get_total_flops())
+
 # --- Z-Image (ZImageTransformer2DModel) ------------------------------------------------------------------
+
+ZIMAGE_REQUIRED_KEYS = ("dim", "n_layers", "n_refiner_layers", "in_channels", "cap_feat_dim")
+ZIMAGE_SEQ_MULTIPLE = 32  # image and caption tokens are padded to multiples of 32 (diffusers' SEQ_MULTI_OF)
+ZIMAGE_TIME_WIDTHS = (256, 1024)  # TimestepEmbedder: 256 sinusoidal features → 1024 → min(dim, 256)
+
+
+def zimage_call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: int = 512) -> float:
+    """FLOPs of one ZImageTransformer2DModel forward for one sample (batch 1; CFG's batch of two costs twice).
+
+    image_tokens: n 2x2-patch tokens (4096 at 1024²); text_tokens: m caption tokens (the prompt's,
+    padding removed by the pipeline; at most ``max_sequence_length``). Each stream is padded to a
+    multiple of 32 with pad tokens that are computed like the others. Blocks: ``n_refiner_layers``
+    modulated noise-refiner blocks on the image tokens, as many unmodulated context-refiner blocks
+    on the caption, ``n_layers`` modulated blocks on the joint sequence; each block has q/k/v/out
+    (d → d), the two attention matmuls and a SwiGLU feed-forward (w1, w3: d → int(8d/3), w2 back);
+    a modulated block adds its adaLN linear (min(d, 256) → 4d). The final layer (adaLN → d, then
+    d → 4·C) runs on the whole joint sequence. Same counting rules as :func:`flux_call_flops`.
+    """
+    missing = [key for key in ZIMAGE_REQUIRED_KEYS if key not in config]
+    if missing:
+        raise ValueError(f"config lacks the transformer keys {missing}; needs {list(ZIMAGE_REQUIRED_KEYS)}")
+    n, m = _count("image_tokens", image_tokens), _count("text_tokens", text_tokens)
+    n += -n % ZIMAGE_SEQ_MULTIPLE
+    m += -m % ZIMAGE_SEQ_MULTIPLE
+    d = _count("dim", config["dim"])
+    layers, refiners = _count("n_layers", config["n_layers"]), _count("n_refiner_layers", config["n_refiner_layers"])
+    patch_features = 4 * _count("in_channels", config["in_channels"])  # 2x2 patches of one frame
+    hidden, adaln = int(d / 3 * 8), min(d, TIMESTEP_FEATURES)
+
+    def linear(tokens: int, fan_in: int, fan_out: int) -> int:
+        return 2 * tokens * fan_in * fan_out
+
+    def block(s: int, modulated: bool) -> int:
+        return ((linear(1, adaln, 4 * d) if modulated else 0) + 4 * linear(s, d, d) + 2 * 2 * s * s * d
+                + 2 * linear(s, d, hidden) + linear(s, hidden, d))
+
+    features, mid = ZIMAGE_TIME_WIDTHS
+    embed = (linear(1, features, mid) + linear(1, mid, adaln) + linear(n, patch_features, d)
+             + linear(m, _count("cap_feat_dim", config["cap_feat_dim"]), d))
+    stacks = refiners * (block(n, True) + block(m, False)) + layers * block(n + m, True)
+    head = linear(1, adaln, d) + linear(n + m, d, patch_features)
+    return float(embed + stacks + head)
 
 
 def call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: int) -> float:

@@ -9,7 +9,8 @@ CFG, Qwen-Image) or one call on ``[uncond, cond]`` (SD3, Z-Image), combined by
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,11 @@ def reset_cache_state(transformer: torch.nn.Module) -> None:
     """
     from diffusers.hooks import HookRegistry
 
-    HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks(recurse=True)
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    # hooks applied to blocks since the last run are missing from the registry's cached child list on
+    # models that are no CacheMixin (SD3, Z-Image) until it is rebuilt
+    registry.invalidate_child_registries_cache()
+    registry.reset_stateful_hooks(recurse=True)
 
 
 @contextmanager
@@ -60,6 +65,65 @@ def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
     latents = latents / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)
     latents = latents.to(device=get_module_execution_device(vae), dtype=vae.dtype)
     return vae.decode(latents, return_dict=False)[0]
+
+
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """diffusers' ``apply_rotary_emb`` (real form, interleaved pairs) with per-sample factors.
+
+    x: (B, S, heads, head_dim); cos, sin: (B, S, head_dim) float32. Used by the processors that let
+    a batch whose samples sit at different positions run as one call (FLUX.1, FLUX.2).
+    """
+    cos, sin = cos[:, :, None, :].to(x.device), sin[:, :, None, :].to(x.device)
+    real, imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
+    rotated = torch.stack([-imag, real], dim=-1).flatten(3)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+# the processors installed on each transformer, reused so that a compiled model sees the same objects
+_INSTALLED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def processors_swapped(transformer: torch.nn.Module, replacements: Mapping[type, type]) -> Iterator[bool]:
+    """Run with each stock attention processor replaced by its per-sample-position twin; restore them after.
+
+    replacements: stock processor class → twin class (a subclass that behaves exactly as the stock one
+    unless given per-sample positions). A model with any processor of another kind (a user's own,
+    IP-Adapter) is left untouched: yields False, and the adapter then runs the samples one at a time.
+    """
+    processors = transformer.attn_processors
+    kinds = {type(p) for p in processors.values()}
+    twins = set(replacements.values())
+    if not kinds <= set(replacements) | twins:
+        yield False
+        return
+    if kinds <= twins:
+        yield True
+        return
+    installed = _INSTALLED.get(transformer)
+    if installed is None or set(installed) != set(processors) or any(
+            type(installed[name]) is not replacements.get(type(p), type(p)) for name, p in processors.items()):
+        installed = {name: p if type(p) in twins else _twin(p, replacements[type(p)]) for name, p in processors.items()}
+        _INSTALLED[transformer] = installed
+    transformer.set_attn_processor(dict(installed))
+    try:
+        yield True
+    finally:
+        transformer.set_attn_processor(dict(processors))
+
+
+def _twin(processor, cls: type):
+    """The twin of a stock processor, with its attention backend and parallel config."""
+    twin = cls()
+    for name in ("_attention_backend", "_parallel_config"):
+        if hasattr(processor, name):
+            setattr(twin, name, getattr(processor, name))
+    return twin
+
+
+def processors_installed(transformer: torch.nn.Module, twins) -> bool:
+    """True when every attention processor is one of ``twins`` (per-sample positions run batched)."""
+    return all(type(p) in set(twins) for p in transformer.attn_processors.values())
 
 
 def as_sigma(sigma: torch.Tensor | float, device: torch.device) -> torch.Tensor:

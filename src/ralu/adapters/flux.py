@@ -11,9 +11,6 @@ a user's own processors are installed, it leaves them and runs the samples one a
 from __future__ import annotations
 
 import logging
-import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +18,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
 from .base import TIMESTEP_SCALE, Conditioning
-from .common import AdapterBase, Decoder, Guidance
+from .common import AdapterBase, Decoder, Guidance, processors_installed, processors_swapped, rotate_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +41,8 @@ class BatchedRopeFluxAttnProcessor(FluxAttnProcessor):
             eq, ek, ev = (t.unflatten(-1, (-1, attn.head_dim)) for t in (eq, ek, ev))
             eq, ek = attn.norm_added_q(eq), attn.norm_added_k(ek)
             q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
-        cos, sin = (t[:, :, None, :].to(q.device) for t in batched_rotary_emb)
-        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        cos, sin = batched_rotary_emb
+        q, k = rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
         out = dispatch_attention_fn(q, k, v, attn_mask=attention_mask, backend=self._attention_backend,
                                     parallel_config=self._parallel_config)
         out = out.flatten(2, 3).to(q.dtype)
@@ -55,45 +52,17 @@ class BatchedRopeFluxAttnProcessor(FluxAttnProcessor):
         return attn.to_out[1](attn.to_out[0](out.contiguous())), attn.to_add_out(context.contiguous())
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """diffusers' ``apply_rotary_emb`` (use_real, unbind -1) with a batch dimension on cos/sin."""
-    real, imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
-    rotated = torch.stack([-imag, real], dim=-1).flatten(3)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+_TWINS = {FluxAttnProcessor: BatchedRopeFluxAttnProcessor}
 
 
-# the processors installed on each transformer, reused so that a compiled model sees the same objects
-_INSTALLED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-@contextmanager
-def per_sample_rope(transformer: torch.nn.Module) -> Iterator[bool]:
-    """Run with :class:`BatchedRopeFluxAttnProcessor` in place of the stock processors; restore them after.
-
-    Yields True when per-sample positions can run batched. A model with any processor of another
-    kind (IP-Adapter, a user's own) is left untouched and yields False.
-    """
-    processors = transformer.attn_processors
-    kinds = {type(p) for p in processors.values()}
-    if not kinds <= {FluxAttnProcessor, BatchedRopeFluxAttnProcessor}:
-        yield False
-        return
-    if kinds == {BatchedRopeFluxAttnProcessor}:
-        yield True
-        return
-    batched = _INSTALLED.get(transformer)
-    if batched is None or set(batched) != set(processors):
-        batched = {name: BatchedRopeFluxAttnProcessor() for name in processors}
-        _INSTALLED[transformer] = batched
-    transformer.set_attn_processor(dict(batched))
-    try:
-        yield True
-    finally:
-        transformer.set_attn_processor(dict(processors))
+def per_sample_rope(transformer: torch.nn.Module):
+    """Run with :class:`BatchedRopeFluxAttnProcessor` in place of the stock processors; restore them after
+    (:func:`ralu.adapters.common.processors_swapped`). Yields True when per-sample positions run batched."""
+    return processors_swapped(transformer, _TWINS)
 
 
 def batched_rope_installed(transformer: torch.nn.Module) -> bool:
-    return all(type(p) is BatchedRopeFluxAttnProcessor for p in transformer.attn_processors.values())
+    return processors_installed(transformer, _TWINS.values())
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """RALU combined with temporal caching on the trained toy model: skipped calls, FLOPs, quality.
 
-    python benchmarks/caching.py [--prompts 16] [--seeds 2] [--out DIR]
+    ralu bench caching [--prompts 16] [--seeds 2] [--out DIR]
 
 For the 50-step baseline and the RALU presets, with and without a cache (the TeaCache-style
 hook of ``ralu.caching`` and diffusers' FirstBlockCache), it counts the calls whose block stack
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     from diffusers.hooks import FirstBlockCacheConfig
 
     from ralu.demo import images as pictures
-from ralu.demo import model as toy
+    from ralu.demo import model as toy
     from ralu.demo.shapes import random_scene
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -103,7 +103,7 @@ from ralu.demo import model as toy
               f"{r['temporal']:>9.2f}x{r['total']:>7.2f}x{r['psnr_vs_baseline']:>9.2f}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        record = dict(command="python benchmarks/caching.py " + " ".join(sys.argv[1:] if argv is None else argv), rows=rows)
+        record = dict(command="ralu bench caching " + " ".join(sys.argv[1:] if argv is None else argv), rows=rows)
         (args.out / "caching.json").write_text(json.dumps(record, indent=2))
     return 0
 

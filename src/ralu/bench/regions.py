@@ -1,6 +1,6 @@
 """How well the decode-free region source agrees with the paper's Canny-on-decoded-image choice.
 
-    python benchmarks/regions.py [--prompts 16] [--seeds 4] [--preset flux-dev-4x] [--out DIR]
+    ralu bench regions [--prompts 16] [--seeds 4] [--preset flux-dev-4x] [--out DIR]
 
 On the shipped toy model (``ralu.toy``): for each prompt x seed, stage 1 of a RALU preset runs,
 and its clean estimate x0 is scored twice: Canny edges of the decoded image (``region_source=
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         for a, b in zip(decoded, latent):
             ious.append(iou(a, b, tokens))
             chance.append(iou(a, torch.randperm(tokens, generator=gen)[:k], tokens))
-    record = dict(command="python benchmarks/regions.py " + " ".join(sys.argv[1:] if argv is None else argv), preset=args.preset, images=len(ious),
+    record = dict(command="ralu bench regions " + " ".join(sys.argv[1:] if argv is None else argv), preset=args.preset, images=len(ious),
                   selected=k, low_tokens=tokens, iou_mean=statistics.mean(ious), iou_median=statistics.median(ious),
                   chance_iou_mean=statistics.mean(chance), decoded_canny_s=statistics.median(t_decoded),
                   latent_sobel_s=statistics.median(t_latent))

@@ -1,0 +1,37 @@
+"""The toy benchmarks run end to end at tiny settings and write what they promise only where told."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ralu.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_caching_benchmark(tmp_path, capsys):
+    assert main(["bench", "caching", "--prompts", "2", "--seeds", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "teacache" in out.lower() and "first_block" in out
+    record = json.loads((tmp_path / "caching.json").read_text())
+    rows = {(r["method"], r["cache"]): r for r in record["rows"]}
+    assert rows[("baseline 50", "none")]["skipped"] == [0] and rows[("baseline 50", "none")]["total"] == 1.0
+    assert rows[("flux-dev-4x", "none")]["spatial"] > 3 and rows[("flux-dev-4x", "teacache")]["calls"] == 18
+
+
+def test_regions_benchmark(tmp_path, capsys):
+    assert main(["bench", "regions", "--prompts", "3", "--seeds", "1", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "regions.json").read_text())
+    assert record["images"] == 3 and 0.0 <= record["iou_mean"] <= 1.0 and record["selected"] == 19
+    assert "IoU" in capsys.readouterr().out
+
+
+def test_quality_benchmark_quick_writes_nothing_without_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    work = tmp_path / "work"
+    assert main(["bench", "quality", "--quick", "--prompts", "2", "--work", str(work), "--batch-size", "2"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+    rows = [json.loads(line) for line in (work / "manifest.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in rows} >= {"baseline:50", "ralu:1,1,2:0.3,0.45:0.3"} and len(rows) % 2 == 0
