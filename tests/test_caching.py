@@ -15,6 +15,8 @@ from ralu import RALUConfig, RALUFluxPipeline
 from ralu.caching import (IDENTITY_COEFFICIENTS, TeaCacheConfig, apply_teacache, cache_context, remove_teacache,
                           transformer_blocks)
 
+pytestmark = pytest.mark.slow  # pipelines run end to end: in make test, not make test-fast
+
 SIZE = 256
 
 

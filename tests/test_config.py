@@ -126,7 +126,7 @@ def test_validation_errors_name_the_field(kwargs, match):
 
 
 def test_unknown_preset_lists_the_names():
-    with pytest.raises(ValueError, match=r"preset must be one of \[.*'flux-dev-4x', 'flux-dev-7x'.*\], got 'flux-9x'"):
+    with pytest.raises(ValueError, match=r"preset must be one of \[.*'flux-dev-4x', 'flux-dev-5x', 'flux-dev-7x'.*\], got 'flux-9x'"):
         RALUConfig.preset("flux-9x")
 
 

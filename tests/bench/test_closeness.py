@@ -12,6 +12,8 @@ import pytest
 
 from ralu.demo import shapes  # noqa: E402
 
+pytestmark = pytest.mark.slow  # in make test, not make test-fast
+
 
 @pytest.fixture(scope="module")
 def quality():

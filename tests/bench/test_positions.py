@@ -10,6 +10,8 @@ pytest.importorskip("skimage")
 
 from ralu.demo import model as toy  # noqa: E402
 
+pytestmark = pytest.mark.slow  # in make test, not make test-fast
+
 
 @pytest.fixture(scope="module")
 def bench():
@@ -40,6 +42,7 @@ def test_refuses_a_flux_toy(bench, tmp_path):
         bench.run(tmp_path, scenes=1, prompts=1, seeds=1, threads=1, model_folder=toy.DATA_DIR)
 
 
+@pytest.mark.slow
 def test_cli_runs_the_whole_benchmark_on_a_saved_sd3_toy(tmp_path, capsys):
     from ralu.cli import main
 

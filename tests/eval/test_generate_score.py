@@ -17,6 +17,8 @@ from ralu.eval import generate, methods, prompts, score
 from ralu.eval.report import report
 from ralu.eval.runners import PipelineRunner, ToyRunner
 
+pytestmark = pytest.mark.slow  # pipelines run end to end: in make test, not make test-fast
+
 METHODS = ["baseline:4", "steps:2", "ralu:1,1,2:0.3,0.45:0.3", "unipc:2", "hires:1:0.3:2"]
 
 
@@ -124,6 +126,7 @@ def test_set_metrics_against_the_reference_and_the_rendered_truth(toy_run, monke
     assert summary["methods"]["steps:2"]["sets"]["toy_fid"]["vs_reference"]["fid"] > 1e-3
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_single_process_images(toy_run, tmp_path):
     """torchrun with 2 CPU processes (gloo): the merged manifest and every image equal the 1-process run."""
     out, _ = toy_run

@@ -7,6 +7,8 @@ import pytest
 from ralu import RALUFluxPipeline
 
 
+@pytest.mark.compile
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["aot_eager"])
 def test_compiled_transformer_runs_all_stages_and_matches_eager(tiny_flux_path, backend):
     import torch._dynamo
