@@ -269,9 +269,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo.run import run_demo
+    from .demo.run import run_demo, save_samples
 
     _positive("steps", args.steps)
+    if args.samples is not None:
+        save_samples(args.samples, steps=args.steps or 50)
+        print(f"saved {args.samples}")
+        return 0
     run_demo(args.output, steps=args.steps or 50, guidance=args.guidance, quick=args.quick)
     return 0
 
@@ -362,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, help="baseline model calls (default 50)")
     demo.add_argument("--guidance", type=float, help="classifier-free guidance scale of the toy model (default 3)")
     demo.add_argument("--quick", action="store_true", help="few prompts and steps, for a smoke test")
+    demo.add_argument("--samples", type=Path, metavar="PNG",
+                      help="instead: held-out training pictures beside the baseline's samples of their captions")
     demo.set_defaults(handler=cmd_demo)
 
     bench = commands.add_parser("bench", help="run a benchmark: " + ", ".join(BENCHMARKS)

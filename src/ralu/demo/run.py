@@ -122,5 +122,14 @@ def sample_grid(model: toy.ToyModel, scenes: Sequence, steps: int = 50,
     return comparison_grid(rows, captions)
 
 
+def save_samples(path: Path, count: int = 8, seed: int = 99, steps: int = 50) -> Path:
+    """docs/toy_samples.png: held-out scenes (``shapes.scenes(seed, count)``) beside the shipped model's samples."""
+    from .shapes import scenes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sample_grid(toy.load_toy(), scenes(seed, count), steps).save(path)
+    return path
+
+
 if __name__ == "__main__":
     sys.exit(0 if run_demo(Path("ralu_demo.png")) else 1)
