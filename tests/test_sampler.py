@@ -196,10 +196,11 @@ def test_callback_replacement_is_used():
 
 @pytest.mark.parametrize("stop_after, tokens", [(1, 48), (3, 48 - 4 + 16), (6, 192)])
 def test_interrupt_stops_and_returns_full_resolution_latents(stop_after, tokens):
-    calls = []
+    calls, last = [], {}
 
     def on_step(info):
         calls.append(info.x.shape[1])
+        last["x"] = info.x
         if len(calls) == stop_after:
             raise Interrupted
 
@@ -208,6 +209,20 @@ def test_interrupt_stops_and_returns_full_resolution_latents(stop_after, tokens)
     result = sample(DiracAdapter(adapter.low, config), torch.randn(1, 192, DIM), config, (16, 12), on_step=on_step)
     assert len(calls) == stop_after and calls[-1] == tokens
     assert result.interrupted and result.latents.shape == (1, 192, DIM) and result.model_calls == stop_after
+    # the last latents, brought to the full raster without renoising: every token copied to its children
+    x = last["x"]
+    if tokens == 48:  # stage 1: all low-res tokens
+        expected = torch.empty(1, 192, DIM)
+        expected[:, children_indices(torch.arange(48), LOW)] = upsample_tokens(x, config.upsample)
+    elif tokens == 192:
+        expected = x
+    else:  # stage 2: kept tokens upsampled, the children where they are
+        layout = result.layout
+        kept, children = x[:, :layout.num_kept], x[:, layout.num_kept:]
+        expected = torch.empty(1, 192, DIM)
+        expected[:, children_indices(layout.kept[0], LOW)] = upsample_tokens(kept, config.upsample)
+        expected[:, children_indices(layout.selected[0], LOW)] = children
+    assert torch.equal(result.latents, expected)
 
 
 def test_a_stage_that_goes_non_finite_is_named():

@@ -116,7 +116,7 @@ MUTATIONS = (
              "ids = torch.cat([torch.zeros_like(positions[..., :1]), positions], dim=-1)",
              "ids = torch.cat([torch.zeros_like(positions[..., :1]), positions.flip(-1)], dim=-1)",
              ("tests/families/test_flux.py",)),
-    Mutation("FLUX processors not restored after a run", "src/ralu/adapters/flux.py",
+    Mutation("per-sample processors not restored after a run", "src/ralu/adapters/common.py",
              "        transformer.set_attn_processor(dict(processors))", "        pass",
              ("tests/families/test_flux.py",)),
     Mutation("SD3 mixed stage on the half-resolution table", "src/ralu/adapters/sd3.py",

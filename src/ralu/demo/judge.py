@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .shapes import COLOURS, KINDS, NEUTRAL, RELATIONS, SIZES, Scene, colour_labels, render_batch, scenes
+from .shapes import COLOURS, KINDS, NEUTRAL, SIZES, Scene, colour_labels, render_batch, scenes
 
 JUDGE_DIR = Path(__file__).resolve().parent.parent / "data" / "toy_judge"
 POSITION_BINS = 4  # centre x and y, each in 4 bins of the image width
@@ -33,12 +33,22 @@ HEADS = {"colour": len(COLOURS) + 1, "kind": len(KINDS) + 1, "size": len(SIZES) 
 FEATURES = 128
 
 
+AXES = ("horizontal", "vertical")  # the relation's axis; which object is first follows from the picture
+
+
 def labels(scene: Scene) -> dict[str, list[int]]:
-    """Class indices per head for object slots 0 and 1 (the last class of each head: no object), and the relation."""
+    """Class indices per head for object slots 0 and 1 (the last class of each head: no object), and the
+    relation's axis. The slots are in picture order (left to right for a horizontal relation, top to bottom
+    for a vertical one), so that the labels follow from the picture alone (a caption may name either first)."""
     out: dict[str, list[int]] = {name: [] for name in HEADS}
+    objects = list(scene.objects)
+    axis = None
+    if scene.relation is not None:
+        axis = 0 if scene.relation in ("left of", "right of") else 1
+        objects.sort(key=lambda shape: shape.center[axis])
     for slot in range(2):
-        if slot < len(scene.objects):
-            shape = scene.objects[slot]
+        if slot < len(objects):
+            shape = objects[slot]
             values = dict(colour=list(COLOURS).index(shape.colour), kind=KINDS.index(shape.kind),
                           size=list(SIZES).index(shape.size),
                           x=min(POSITION_BINS - 1, int(shape.center[0] * POSITION_BINS)),
@@ -47,7 +57,7 @@ def labels(scene: Scene) -> dict[str, list[int]]:
             values = {name: count - 1 for name, count in HEADS.items()}
         for name in HEADS:
             out[name].append(values[name])
-    out["relation"] = [RELATIONS.index(scene.relation) if scene.relation else len(RELATIONS)]
+    out["relation"] = [len(AXES) if axis is None else axis]
     return out
 
 
@@ -64,7 +74,7 @@ class FeatureNet(nn.Module):
             nn.GELU())
         self.heads = nn.ModuleDict({f"{name}{slot}": nn.Linear(FEATURES, count)
                                     for name, count in HEADS.items() for slot in range(2)})
-        self.heads["relation"] = nn.Linear(FEATURES, len(RELATIONS) + 1)
+        self.heads["relation"] = nn.Linear(FEATURES, len(AXES) + 1)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         features = self.body(images)
@@ -78,7 +88,7 @@ def _targets(batch: Sequence[Scene]) -> dict[str, torch.Tensor]:
     return out
 
 
-def train_judge(out: str | Path, steps: int = 1500, batch: int = 64, seed: int = 7, lr: float = 2e-3,
+def train_judge(out: str | Path, steps: int = 3000, batch: int = 64, seed: int = 7, lr: float = 2e-3,
                 threads: int = 1) -> dict:
     """Train :class:`FeatureNet` on rendered scenes (64 px, light noise and blur augmentation) and save it."""
     torch.set_num_threads(threads)
@@ -191,7 +201,7 @@ def fringe(image: np.ndarray) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ralu.demo.judge", description="Train the toy feature network.")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     record = train_judge(args.out, args.steps, threads=args.threads)
