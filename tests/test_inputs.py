@@ -225,3 +225,15 @@ def test_fuzz_pipeline_either_names_a_parameter_or_returns_finite_images(fuzz_pi
         assert "\n" not in message
         return
     assert out.images.shape == (images, height, width, 3) and (out.images == out.images).all()
+
+
+def test_the_maths_and_the_sampler_import_without_diffusers():
+    """config, ntdm, schedule, noise, layout, regions, cost, models, planner, calibrate and the sampler
+    never import diffusers (nor transformers); the pure-Python ones not even torch."""
+    code = ("import sys; import ralu.config, ralu.ntdm, ralu.schedule, ralu.cost, ralu.models, ralu.planner, "
+            "ralu.calibrate, ralu.reports; pure = 'torch' not in sys.modules; "
+            "import ralu.noise, ralu.layout, ralu.regions, ralu.sampler; "
+            "print(pure, [m for m in ('diffusers', 'transformers') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True []"
