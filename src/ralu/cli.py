@@ -14,7 +14,7 @@ from pathlib import Path
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-BENCHMARKS = ("speed", "calibrate", "quality", "regions", "caching", "positions", "planner", "presets")
+BENCHMARKS = ("speed", "calibrate", "quality", "regions", "caching", "positions", "planner", "presets", "sizes")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SCHEDULE_FLAGS = ("preset", "steps", "ends", "up_ratio", "shifts", "noise_ratio", "base_shift", "baseline")
 

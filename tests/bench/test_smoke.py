@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from ralu import RALUConfig
 from ralu.cli import main
 
 pytestmark = pytest.mark.slow
@@ -35,3 +36,14 @@ def test_quality_benchmark_quick_writes_nothing_without_out(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
     rows = [json.loads(line) for line in (work / "manifest.jsonl").read_text().splitlines()]
     assert {r["method"] for r in rows} >= {"baseline:50", "ralu:1,1,2:0.3,0.45:0.3"} and len(rows) % 2 == 0
+
+
+def test_sizes_benchmark_shift_rule_and_a_tiny_run(capsys):
+    from ralu.bench import sizes
+
+    assert sizes.toy_shift(64) == pytest.approx(3.0) and sizes.toy_shift(48) < 3.0 < sizes.toy_shift(80)
+    record = sizes.run(None, prompts=2, sizes=(48,), presets=("flux-dev-7x",), threads=1)
+    methods = record["48"]["methods"]
+    assert set(methods) == {"baseline 50", "flux-dev-7x auto", "flux-dev-7x fixed", "steps 7 (flux-dev-7x)"}
+    assert methods["flux-dev-7x auto"]["base_shift"] == pytest.approx(sizes.toy_shift(48))
+    assert methods["flux-dev-7x fixed"]["shifts"] == RALUConfig.preset("flux-dev-7x").shifts
