@@ -111,7 +111,8 @@ class _Run:
                 for i in range(stage.steps):
                     step = Step(k, i, stage.steps, sigmas[i], first + i, stage.sigmas[i])
                     v = self.adapter.velocity(x, prepared, sigmas[i], step)
-                    denoised = (x.float() - sigmas[i] * v.float()).to(x.dtype)
+                    if self.on_step is not None or i == stage.steps - 1:  # for the callback and region selection
+                        denoised = (x.float() - sigmas[i] * v.float()).to(x.dtype)
                     # float32 update, as FlowMatchEulerDiscreteScheduler.step
                     x = (x.float() + (sigmas[i + 1] - sigmas[i]) * v.float()).to(x.dtype)
                     bad[i] = ~torch.isfinite(x).all()
