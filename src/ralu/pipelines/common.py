@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -202,13 +202,22 @@ class RALUPipelineMixin:
         return config.resolve(self.stock_shift(image_tokens), reference)
 
     def run_sampler(self, adapter, latents: torch.Tensor, config: RALUConfig | Baseline, grid: tuple[int, int],
-                    generator, callback_on_step_end, tensor_inputs: list[str],
-                    callback_tensors: Callable[[], dict], apply_outputs: Callable[[dict], None]) -> SampleResult:
+                    generator, callback_on_step_end, tensor_inputs, callback_tensors: Callable[[], dict] | None = None,
+                    apply_outputs: Callable[[dict], None] | None = None) -> SampleResult:
         """Run the sampler with diffusers' callback, interrupt, progress-bar and current-timestep conventions.
 
-        callback_tensors: () → the tensors a callback may ask for besides ``latents``;
-        apply_outputs: takes the callback's returned dict, to swap in changed conditioning.
+        callback_tensors: () → the tensors a callback may ask for besides ``latents``; apply_outputs: takes
+        the callback's returned dict, to swap in changed conditioning. By default a callback sees and may
+        replace ``prompt_embeds``, the positive prompt's ``adapter.conditioning.embeds``.
         """
+        tensor_inputs = list(tensor_inputs)
+        if callback_tensors is None:
+            def callback_tensors():
+                return {"prompt_embeds": adapter.conditioning.embeds}
+        if apply_outputs is None:
+            def apply_outputs(outputs: dict) -> None:
+                if "prompt_embeds" in outputs:
+                    adapter.conditioning = replace(adapter.conditioning, embeds=outputs["prompt_embeds"])
         from tqdm.auto import tqdm
 
         def progress(total: int, desc: str):

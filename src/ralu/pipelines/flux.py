@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -120,13 +119,9 @@ class RALUFluxPipeline(RALUPipelineMixin, FluxPipeline):
                               embedded_guidance=embedded, joint_attention_kwargs=self._joint_attention_kwargs,
                               vae=self.vae)
 
-        def apply(outputs: dict) -> None:
-            if "prompt_embeds" in outputs:
-                adapter.conditioning = replace(adapter.conditioning, embeds=outputs["prompt_embeds"])
 
         result = self.run_sampler(adapter, latents, config, grid, generator, callback_on_step_end,
-                                  callback_on_step_end_tensor_inputs,
-                                  lambda: {"prompt_embeds": adapter.conditioning.embeds}, apply)
+                                  callback_on_step_end_tensor_inputs)
 
         if output_type == "latent":
             images = result.latents

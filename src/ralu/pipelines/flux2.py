@@ -10,7 +10,6 @@ dev and klein base, 4 for step-distilled klein), not RALU's own number of model 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -83,18 +82,6 @@ class _Flux2Mixin(RALUPipelineMixin):
         self._interrupt = False
         self._num_timesteps = sum(stage.steps for stage in config.stages)
 
-    def _sample(self, adapter: Flux2Adapter, latents: torch.Tensor, config, grid, generator, callback_on_step_end,
-                callback_on_step_end_tensor_inputs):
-        """Run the sampler; a callback may read and replace ``prompt_embeds`` (the positive prompt's), as in stock."""
-
-        def apply(outputs: dict) -> None:
-            if "prompt_embeds" in outputs:
-                adapter.conditioning = replace(adapter.conditioning, embeds=outputs["prompt_embeds"])
-
-        return self.run_sampler(adapter, latents, config, grid, generator, callback_on_step_end,
-                                list(callback_on_step_end_tensor_inputs),
-                                lambda: {"prompt_embeds": adapter.conditioning.embeds}, apply)
-
 
 class RALUFlux2Pipeline(_Flux2Mixin, Flux2Pipeline):
     """A Flux2Pipeline (FLUX.2 [dev]) whose ``__call__`` samples with RALU (or a baseline schedule) via ``config=``.
@@ -163,8 +150,8 @@ class RALUFlux2Pipeline(_Flux2Mixin, Flux2Pipeline):
         embedded = torch.full([1], guidance_scale, device=device, dtype=torch.float32).expand(batch)
         adapter = Flux2Adapter(self.transformer, Conditioning(embeds, text_ids=text_ids[0]),
                                embedded_guidance=embedded, joint_attention_kwargs=attention_kwargs, vae=self.vae)
-        result = self._sample(adapter, latents, config, grid, generator, callback_on_step_end,
-                              callback_on_step_end_tensor_inputs)
+        result = self.run_sampler(adapter, latents, config, grid, generator, callback_on_step_end,
+                                  callback_on_step_end_tensor_inputs)
 
         if output_type == "latent":
             images = result.latents
@@ -263,8 +250,8 @@ class RALUFlux2KleinPipeline(_Flux2Mixin, Flux2KleinPipeline):
                                           device, generator, latents)
         adapter = Flux2Adapter(self.transformer, Conditioning(embeds, text_ids=text_ids[0]), guidance,
                                joint_attention_kwargs=attention_kwargs, vae=self.vae)
-        result = self._sample(adapter, latents, config, grid, generator, callback_on_step_end,
-                              callback_on_step_end_tensor_inputs)
+        result = self.run_sampler(adapter, latents, config, grid, generator, callback_on_step_end,
+                                  callback_on_step_end_tensor_inputs)
 
         latents = decode_latents(self.vae, result.latents, grid)
         if output_type == "latent":

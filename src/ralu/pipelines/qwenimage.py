@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -199,13 +198,9 @@ class RALUQwenImagePipeline(RALUPipelineMixin, QwenImagePipeline):
                                    table_positions=config.table_positions if ralu else "stock_then_full",
                                    attention_kwargs=self._attention_kwargs, vae=self.vae)
 
-        def apply(outputs: dict) -> None:
-            if "prompt_embeds" in outputs:
-                adapter.conditioning = replace(adapter.conditioning, embeds=outputs["prompt_embeds"])
 
         result = self.run_sampler(adapter, latents, config, grid, generator, callback_on_step_end,
-                                  callback_on_step_end_tensor_inputs,
-                                  lambda: {"prompt_embeds": adapter.conditioning.embeds}, apply)
+                                  callback_on_step_end_tensor_inputs)
 
         if output_type == "latent":
             images = result.latents
