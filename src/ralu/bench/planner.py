@@ -97,13 +97,13 @@ def markdown(record: dict) -> str:
 
 
 def main(argv=None) -> int:
-    import platform
+    from ralu.calibrate import host
 
     parser = argparse.ArgumentParser(prog="ralu bench planner", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, help="folder for planner.md and planner.json (default: print only)")
     args = parser.parse_args(argv)
     record = dict(command="ralu bench planner " + " ".join(sys.argv[1:] if argv is None else argv),
-                  host=f"{platform.processor() or platform.machine()}, {platform.python_version()}",
+                  host=f"{host()['cpu']}, {host()['cores']} cores, one thread",
                   validation=validation(), sweep=sweep())
     text = markdown(record)
     print(text)
