@@ -131,15 +131,19 @@ class LatencyModel:
             raise ValueError(f"{path} is not a ralu latency calibration ({error})") from None
 
 
-def time_calls(run, tokens: Sequence[int], reps: int = 5, warmup: int = 1, sync=lambda: None) -> tuple[list, list]:
-    """Median seconds and relative spread of ``run(n)`` at each token count n (warm-up calls excluded)."""
+def time_calls(run, tokens: Sequence[int], reps: int = 5, warmup: int = 1, sync=lambda: None,
+               min_seconds: float = 0.0) -> tuple[list, list]:
+    """Median seconds and relative spread of ``run(n)`` at each token count n (warm-up calls excluded).
+
+    At least ``reps`` timed calls, and more until they add up to ``min_seconds``: fast calls are noisy.
+    """
     medians, spreads = [], []
     for n in tokens:
         for _ in range(warmup):
             run(n)
         sync()
         times = []
-        for _ in range(reps):
+        while len(times) < reps or (sum(times) < min_seconds and len(times) < 50 * reps):
             start = time.perf_counter()
             run(n)
             sync()
@@ -195,6 +199,6 @@ def calibrate(model="flux-dev", tokens: Sequence[int] = DEFAULT_TOKENS, blocks: 
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    seconds, spreads = time_calls(run, sorted(set(int(t) for t in tokens)), reps=reps, sync=sync)
+    seconds, spreads = time_calls(run, sorted(set(int(t) for t in tokens)), reps=reps, sync=sync, min_seconds=3.0)
     return LatencyModel(tuple(sorted(set(int(t) for t in tokens))), tuple(seconds), spec.name, device, dtype, text_tokens,
                         batch, tuple(blocks), tuple(round(s, 4) for s in spreads), host())

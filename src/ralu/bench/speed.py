@@ -84,7 +84,8 @@ class Bench:
             with torch.no_grad():
                 adapter.velocity(x, adapter.prepare_positions(positions, (64, 64)), 0.5)
 
-        seconds, spread = time_calls(run, token_counts, reps=self.args.reps, sync=lambda: _sync(self.args.device))
+        seconds, spread = time_calls(run, token_counts, reps=max(5, self.args.reps), sync=lambda: _sync(self.args.device),
+                                     min_seconds=5.0)
         return LatencyModel(tuple(token_counts), tuple(seconds), "flux-width benchmark model", str(self.args.device),
                             str(self.args.dtype).replace("torch.", ""), text_tokens, 1,
                             (self.args.double, self.args.single), tuple(round(s, 4) for s in spread), host())
@@ -229,8 +230,7 @@ def markdown(record: dict) -> str:
               "RALU's own work per generation, at 1024x1024 token counts:", "", "| work | ms |", "| --- | --- |"]
     lines += [f"| {name} | {seconds * 1000:.2f} |" for name, seconds in record["overheads_s"].items()]
     lines += ["", "## On a GPU", "",
-              "The same benchmark at FLUX.1-dev's real size and depth, timed with CUDA synchronisation (bfloat16; about "
-              "3 minutes on an H100):", "", "```bash",
+              "The same benchmark at FLUX.1-dev's real size and depth, timed with CUDA synchronisation, in bfloat16:", "", "```bash",
               "ralu bench calibrate --model flux-dev --tokens 256 1024 1945 4096 --blocks 19 38 --dtype bfloat16",
               "ralu bench speed --sizes 512 768 1024 --double 19 --single 38 --dtype bfloat16 --baseline-steps 50 "
               "--out gpu-speed", "```", "",
