@@ -4,9 +4,7 @@ configs and pipeline arguments."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import subprocess
 import sys
 

@@ -32,7 +32,10 @@ def test_regions_benchmark(tmp_path, capsys):
 def test_quality_benchmark_quick_writes_nothing_without_out(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     work = tmp_path / "work"
-    assert main(["bench", "quality", "--quick", "--prompts", "2", "--work", str(work), "--batch-size", "2"]) == 0
+    # too few images for the set metrics: refused before generating
+    assert main(["bench", "quality", "--quick", "--prompts", "2", "--work", str(work)]) == 2
+    assert not work.exists()
+    assert main(["bench", "quality", "--quick", "--prompts", "4", "--work", str(work), "--batch-size", "4"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
     rows = [json.loads(line) for line in (work / "manifest.jsonl").read_text().splitlines()]
     assert {r["method"] for r in rows} >= {"baseline:50", "ralu:1,1,2:0.3,0.45:0.3"} and len(rows) % 2 == 0

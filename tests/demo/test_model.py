@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ralu import Baseline, RALUConfig
 from ralu.demo import model as toy
@@ -146,3 +144,9 @@ def test_sd3_twin_samples_each_convention():
     # the conventions place tokens differently, so the pictures differ
     assert not torch.equal(runs["low_grid"], runs["full_grid"])
     assert not torch.equal(runs["low_grid"], runs["stock_then_full"])
+
+
+def test_auto_dtype_picks_bfloat16_only_where_the_cpu_has_bf16_instructions(monkeypatch):
+    for flags, fast in (({"avx2", "avx512f"}, False), ({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True)):
+        monkeypatch.setattr(toy, "cpu_facts", lambda flags=flags: ("cpu", frozenset(flags)))
+        assert toy.bf16_is_fast() is fast

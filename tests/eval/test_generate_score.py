@@ -124,6 +124,11 @@ def test_set_metrics_against_the_reference_and_the_rendered_truth(toy_run, monke
     ref = summary["methods"]["baseline:4"]["sets"]["toy_fid"]
     assert abs(ref["vs_reference"]["fid"]) < 1e-6 and "vs_truth" in ref  # the reference against itself
     assert summary["methods"]["steps:2"]["sets"]["toy_fid"]["vs_reference"]["fid"] > 1e-3
+    monkeypatch.setattr(score, "SET_MINIMUM", 7)  # 6 images per method: one short, refused before any feature
+    monkeypatch.setitem(metrics.REGISTRY, "toy_fid", lambda: metrics.Metric(
+        "toy_fid", "set", False, (), "", lambda: pytest.fail("features computed for a refused set metric")))
+    with pytest.raises(ValueError, match="toy_fid .* at least 7 images per method; the smallest method here has 6"):
+        score.score(out, ["toy_fid"], say=lambda _: None)
 
 
 @pytest.mark.slow

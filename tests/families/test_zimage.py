@@ -14,10 +14,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ralu import Baseline, RALUConfig, models, solve_ntdm
 from ralu.adapters.common import Guidance
-from ralu.adapters.zimage import (MIXED_POSITIONS, ZImageAdapter, captions_to_conditioning, from_patch_layout,
-                                  rope_factors, rope_tables, to_patch_layout)
+from ralu.adapters.zimage import (
+    MIXED_POSITIONS,
+    ZImageAdapter,
+    captions_to_conditioning,
+    from_patch_layout,
+    rope_factors,
+    rope_tables,
+    to_patch_layout,
+)
 from ralu.cost import zimage_call_flops
 from ralu.layout import MixedLayout, grid_positions, latent_to_tokens, low_positions
+from ralu.ntdm import ntdm_objective
 from ralu.pipelines.zimage import RALUZImagePipeline
 from ralu.testing import TINY_ZIMAGE_TRANSFORMER
 
@@ -469,7 +477,10 @@ def _taylorseer(transformer):
 
 
 def _pyramid_attention_broadcast(pipe):
-    from diffusers.hooks import PyramidAttentionBroadcastConfig, apply_pyramid_attention_broadcast
+    from diffusers.hooks import (
+        PyramidAttentionBroadcastConfig,
+        apply_pyramid_attention_broadcast,
+    )
 
     apply_pyramid_attention_broadcast(pipe.transformer, PyramidAttentionBroadcastConfig(
         spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 1001),
@@ -526,8 +537,13 @@ def test_presets_are_ntdm_at_the_stock_shift_and_named_by_their_speedup(name):
     preset = RALUConfig.preset(name)
     base = spec.stock_shift(spec.image_tokens(1024, 1024))
     assert preset.solved_shift == base == {"z-image-turbo": 3.0, "z-image": 6.0}[spec.name]
+    # The objective is flat, and L-BFGS-B's end point moves with the CPU's float kernels (one host
+    # solves z-image-3x's last shift to 6.109, another to 6.111): the preset must be as good as a fresh
+    # solve here, within 3% of the objective, and near its point.
     shifts, ratio = solve_ntdm(preset.steps, preset.ends, base)
-    assert preset.shifts == pytest.approx(shifts, abs=1e-3) and preset.noise_ratio == pytest.approx(ratio, abs=1e-3)
+    fresh = ntdm_objective(shifts, ratio, preset.steps, preset.ends, base)
+    assert ntdm_objective(preset.shifts, preset.noise_ratio, preset.steps, preset.ends, base) <= 1.03 * fresh
+    assert preset.shifts == pytest.approx(shifts, abs=0.05) and preset.noise_ratio == pytest.approx(ratio, rel=0.02)
     assert name in spec.presets and models.for_preset(name) is spec
     # end-to-end FLOPs at 1024² against the stock schedule (CFG's two branches for the base model)
     speedup = spec.cost(Baseline(spec.steps), 1024, 1024) / spec.cost(preset, 1024, 1024)

@@ -102,19 +102,21 @@ def method_list(runner: ToyRunner, variants=DEFAULT_VARIANTS, quick: bool = Fals
 
 def run(out: Path | None, work: Path, prompt_count: int = 256, seeds: int = 1, guidance: float | None = None,
         model_folder: Path | None = None, variants=DEFAULT_VARIANTS, quick: bool = False, threads: int = 2,
-        batch_size: int = 32) -> dict:
+        batch_size: int = 32, bfloat16: bool | None = None) -> dict:
     import torch
 
     from ralu.demo import model as toy
 
     torch.set_num_threads(threads)
-    runner = ToyRunner(toy.load_toy(model_folder), guidance)
+    bfloat16 = toy.bf16_is_fast() if bfloat16 is None else bfloat16
+    runner = ToyRunner(toy.load_toy(model_folder), guidance, bfloat16=bfloat16)
     method_objects, series, pairs, level = method_list(runner, variants, quick)
     prompt_list = prompts.toy_prompts(prompt_count)
     seed_list = list(range(seeds))
     generate.run(runner, method_objects, prompt_list, seed_list, work, batch_size=batch_size)
     summary = score.score(work, METRICS, reference=BASELINE, pairs=pairs)
     record = dict(command="ralu bench quality " + " ".join(sys.argv[1:]), prompts=prompt_count, seeds=seeds,
+                  bfloat16=bfloat16,
                   images_per_method=prompt_count * seeds, guidance=runner.guidance, threads=threads,
                   torch=torch.__version__, machine=platform.machine(), series=series, levels=level,
                   summary=summary)
@@ -137,7 +139,8 @@ def write(out: Path, work: Path, record: dict, method_objects) -> None:
               "# RALU against every same-cost alternative (toy shapes model)\n\n"
               + __doc__.split("\n\n", 1)[1].replace("``", "`") + "\n" + _toy_facts() +
               f"\nCommand: `{record['command']}`; {record['images_per_method']} images per method ({record['prompts']} "
-              f"held-out captions x {record['seeds']} seeds), 64 px, guidance {record['guidance']:g}, torch "
+              f"held-out captions x {record['seeds']} seeds), 64 px, guidance {record['guidance']:g}, "
+              f"{'bfloat16 autocast' if record.get('bfloat16') else 'float32'}, torch "
               f"{record['torch']}.\n\n![quality vs speedup](quality_vs_speedup.png)\n\n"
               "![examples](quality_examples.png)\n\n")
     (out / "quality.md").write_text(header + text.split("\n", 1)[1])
@@ -204,12 +207,19 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="one-step stages, no variants or planner: a smoke test")
+    parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="bf16: bfloat16 autocast for the transformer; auto (default): bf16 where the CPU has "
+                             "bf16 instructions, else fp32")
     args = parser.parse_args(argv)
     for name, value in (("prompts", args.prompts), ("seeds", args.seeds), ("batch-size", args.batch_size)):
         if value < 1:
             parser.error(f"--{name} must be >= 1, got {value}")
+    if args.prompts * args.seeds < score.SET_MINIMUM:
+        parser.error(f"--prompts x --seeds must be >= {score.SET_MINIMUM} (FID and precision/recall need that many "
+                     f"images per method), got {args.prompts * args.seeds}")
     record = run(args.out, args.work, args.prompts, args.seeds, args.guidance, args.model, tuple(args.variants),
-                 args.quick, args.threads, args.batch_size)
+                 args.quick, args.threads, args.batch_size,
+                 {"auto": None, "bf16": True, "fp32": False}[args.dtype])
     print(report_markdown(record["summary"], "RALU against every same-cost alternative (toy shapes model)"))
     return 0
 

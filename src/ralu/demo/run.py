@@ -16,9 +16,9 @@ from . import model as toy
 from .images import comparison_grid, to_uint8
 from .shapes import check_prompt, parse_caption
 
-DEMO_PROMPTS = ("a large red circle left of a small blue square", "a large yellow star",
+DEMO_PROMPTS = ("a large red circle left of a small blue square", "a large yellow triangle",
                 "a small green triangle above a large purple circle",
-                "a large orange square right of a small blue star")
+                "a large orange square right of a small green circle")
 PRESETS = ("flux-dev-4x", "flux-dev-7x")
 # the shipped model's read-back rate below which the demo hides the column (it would measure the model, not RALU)
 READBACK_FLOOR = 0.5

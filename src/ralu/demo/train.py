@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -30,7 +29,10 @@ import torch.nn.functional as F
 
 from ..layout import grid_positions, tokens_to_latent
 from ..schedule import shift_sigmas
-from .model import ARCHITECTURES, BASE_SHIFT, RESOLUTION, ToyModel, build_toy, encode_images, load_toy, save_toy
+from .model import (ARCHITECTURES, BASE_SHIFT, RESOLUTION, ToyModel, bf16_is_fast, build_toy, cpu_facts, encode_images,
+                    load_toy, save_toy)
+
+DTYPES = {"auto": None, "bf16": True, "fp32": False}
 from .shapes import render_batch, scenes
 
 UNIFORM_SHARE = 0.5  # share of σ drawn uniformly; the rest from shift_3(uniform)
@@ -78,16 +80,7 @@ def _learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
 
 def host() -> dict:
     """CPU model, the flags that decide bf16 speed, threads and the torch build."""
-    flags = set()
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    model, flags = cpu_facts()
     return dict(cpu=model, amx="amx_bf16" in flags, avx512_bf16="avx512_bf16" in flags, avx512f="avx512f" in flags,
                 threads=torch.get_num_threads(), torch=torch.__version__)
 
@@ -112,7 +105,7 @@ def _save_averaged(model: ToyModel, params, averaged, folder: Path) -> None:
 def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float = 1e-3, warmup: int = 200,
           ema: float = 0.999, caption_drop: float = 0.1, threads: int = 1, log_every: int = 50,
           checkpoint_every: int = 250, max_minutes: float | None = None, init: str | Path | None = None,
-          resume: bool = False, architecture: str = "flux", autocast: bool = True, width: int | None = None,
+          resume: bool = False, architecture: str = "flux", autocast: bool | None = None, width: int | None = None,
           stop_before: int | None = None, command: str | None = None) -> dict:
     """Train and save the EMA weights to ``out`` with ``training.json``; see the module docstring.
 
@@ -121,8 +114,10 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
     earlier record is kept under ``previous``); ``resume`` continues ``out/checkpoint`` exactly.
     ``width`` overrides the transformer's width (heads of 32 channels) of a fresh model.
     ``max_minutes`` stops early, saving what there is (``stopped_at`` in the record); ``stop_before``
-    stops before that step, deterministically.
+    stops before that step, deterministically. ``autocast``: bfloat16 autocast; None (default) uses
+    it where the CPU has bf16 instructions (:func:`~ralu.demo.model.bf16_is_fast`).
     """
+    autocast = bf16_is_fast() if autocast is None else autocast
     torch.set_num_threads(threads)
     out = Path(out)
     previous = None
@@ -209,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--width", type=int, help="transformer width of a fresh model (a multiple of 32)")
     parser.add_argument("--arch", choices=tuple(ARCHITECTURES), default="flux")
-    parser.add_argument("--fp32", action="store_true", help="no bfloat16 autocast (slower where the CPU has bf16)")
+    parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="bf16: bfloat16 autocast; auto (default): bf16 where the CPU has bf16 instructions")
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--max-minutes", type=float, help="stop early after this long, saving what there is")
     parser.add_argument("--init", type=Path, help="start from this saved model (fresh optimiser and schedule)")
@@ -217,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     record = train(args.out, args.steps, args.seed, args.batch, args.lr, ema=args.ema, threads=args.threads,
                    checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, init=args.init,
-                   resume=args.resume, architecture=args.arch, autocast=not args.fp32, width=args.width)
+                   resume=args.resume, architecture=args.arch, autocast=DTYPES[args.dtype], width=args.width)
     print(f"saved {args.out}: {record['stopped_at'] or record['steps']} steps, final loss {record['final_loss']}, "
           f"{record['wall_seconds']:.0f} s")
     return 0

@@ -141,13 +141,14 @@ class PipelineRunner:
 class ToyRunner:
     """The shipped toy model (``ralu.demo.model``), with classifier-free guidance ``guidance``."""
 
-    def __init__(self, model=None, guidance: float | None = None, size: int = 64):
+    def __init__(self, model=None, guidance: float | None = None, size: int = 64, bfloat16: bool = False):
         from ..demo import model as toy
 
         self.toy = toy
         self.model = model if model is not None else toy.load_toy()
         self.guidance = toy.DEFAULT_GUIDANCE if guidance is None else guidance
         self.size = (size, size)
+        self.bfloat16 = bfloat16
         self.name = "toy"
         self.branches = 2 if self.guidance > 1 else 1
         self.spec = ModelSpec(name="toy", family="flux", pipeline="toy", hub="ralu/data/toy",
@@ -170,12 +171,14 @@ class ToyRunner:
         toy, h = self.toy, self.size[0]
         counter = CallCounter(self.model.transformer)
         try:
-            with cache(self.model.transformer, method.cache, False), torch.no_grad():
+            with cache(self.model.transformer, method.cache, False), torch.no_grad(), \
+                    torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bfloat16):
                 if method.kind in ("baseline", "ralu", "plan"):
                     config = self.config(method)
                     per_step = []
                     images, result = toy.generate(self.model, prompts, seeds, config, self.guidance, h,
-                                                  on_step=lambda info: per_step.append(counter.calls))
+                                                  on_step=lambda info: per_step.append(counter.calls),
+                                                  bfloat16=self.bfloat16)
                     steps = result.stage_steps
                     computed = computed_steps(per_step, steps)
                     flops = _stage_flops(self.spec, config, h, h, computed, self.branches)

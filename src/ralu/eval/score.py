@@ -49,6 +49,10 @@ def default_reference(rows: Sequence[dict]) -> str:
     return max(baselines, key=lambda m: int(m.split(":")[1].split("+")[0].split("@")[0]))
 
 
+# precision/recall (k = 3 nearest neighbours) needs k + 1 images in each set
+SET_MINIMUM = 4
+
+
 def score(out: Path, metric_names: Sequence[str], reference: str | None = None,
           pairs: Sequence[tuple[str, str]] = (), batch: int = 32, say: Callable[[str], None] = print) -> dict:
     """Score a generation folder; returns the summary (also written to ``summary.json``)."""
@@ -65,6 +69,11 @@ def score(out: Path, metric_names: Sequence[str], reference: str | None = None,
                 raise ValueError(f"pair {a!r} vs {b!r}: {m!r} is not in the manifest")
     _merge_earlier(out, rows, reference)
     by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
+    fewest = min(len(group) for group in by_method.values())
+    for metric in metrics:
+        if metric.kind == "set" and fewest < SET_MINIMUM:
+            raise ValueError(f"set metric {metric.name} (FID, KID, precision/recall with k=3) needs at least "
+                             f"{SET_MINIMUM} images per method; the smallest method here has {fewest}")
     ref_rows = {(r["prompt_index"], r["seed"]): r for r in by_method[reference]}
     ref_images = None
     truth_cache: dict[str, np.ndarray | None] = {}
