@@ -102,7 +102,7 @@ def method_list(runner: ToyRunner, variants=DEFAULT_VARIANTS, quick: bool = Fals
 
 def run(out: Path | None, work: Path, prompt_count: int = 256, seeds: int = 1, guidance: float | None = None,
         model_folder: Path | None = None, variants=DEFAULT_VARIANTS, quick: bool = False, threads: int = 2,
-        batch_size: int = 32, bfloat16: bool | None = None) -> dict:
+        batch_size: int = 32, bfloat16: bool | None = None, command: str | None = None) -> dict:
     import torch
 
     from ralu.demo import model as toy
@@ -115,7 +115,7 @@ def run(out: Path | None, work: Path, prompt_count: int = 256, seeds: int = 1, g
     seed_list = list(range(seeds))
     generate.run(runner, method_objects, prompt_list, seed_list, work, batch_size=batch_size)
     summary = score.score(work, METRICS, reference=BASELINE, pairs=pairs)
-    record = dict(command="ralu bench quality " + " ".join(sys.argv[1:]), prompts=prompt_count, seeds=seeds,
+    record = dict(command=command or "ralu bench quality " + " ".join(sys.argv[1:]), prompts=prompt_count, seeds=seeds,
                   bfloat16=bfloat16,
                   images_per_method=prompt_count * seeds, guidance=runner.guidance, threads=threads,
                   torch=torch.__version__, machine=platform.machine(), series=series, levels=level,
@@ -219,7 +219,8 @@ def main(argv=None) -> int:
                      f"images per method), got {args.prompts * args.seeds}")
     record = run(args.out, args.work, args.prompts, args.seeds, args.guidance, args.model, tuple(args.variants),
                  args.quick, args.threads, args.batch_size,
-                 {"auto": None, "bf16": True, "fp32": False}[args.dtype])
+                 {"auto": None, "bf16": True, "fp32": False}[args.dtype],
+                 "ralu bench quality " + " ".join(sys.argv[1:] if argv is None else argv))
     print(report_markdown(record["summary"], "RALU against every same-cost alternative (toy shapes model)"))
     return 0
 

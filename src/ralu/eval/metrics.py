@@ -216,10 +216,9 @@ def toy_edges() -> Callable:
 
 
 def toy_features() -> Features:
-    from ..demo.judge import features, load_judge
+    from ..demo.judge import load_judge, standardised
 
-    model = load_judge()
-    return lambda images: features(model, images)
+    return standardised(load_judge())
 
 
 REGISTRY: dict[str, Callable[[], Metric]] = {
