@@ -58,6 +58,7 @@ def test_time_calls_reports_median_and_spread_of_a_fake_clock(monkeypatch):
     assert medians == [1.5, 10.0] and spreads == [pytest.approx(1.0 / 1.5), pytest.approx(1.0 / 10.0)]
 
 
+@pytest.mark.slow  # over half a second: in make test, not make test-fast
 def test_calibrate_times_a_model_of_the_given_width(monkeypatch):
     tiny = replace(models.get("flux-dev"), name="tiny", text_tokens=8, transformer=MappingProxyType(dict(
         num_attention_heads=2, attention_head_dim=16, joint_attention_dim=32)))

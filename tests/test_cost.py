@@ -52,6 +52,7 @@ def test_matches_flop_counter_on_real_models(config, n, m):
 
 
 @pytest.mark.parametrize(("n", "m"), [(4096, 512), (1945, 512)])
+@pytest.mark.slow  # over a second: in make test, not make test-fast
 def test_matches_flop_counter_at_flux_dev_size(n, m):
     # FLUX.1-dev itself on the meta device: shapes only, no memory, about a second per forward.
     with torch.device("meta"):
@@ -174,6 +175,7 @@ def test_sd3_matches_flop_counter(extra, n, m):
 
 
 @pytest.mark.parametrize("name, params", [("sd3-medium", 2.03e9), ("sd3.5-large", 8.06e9), ("sd3.5-medium", 2.24e9)])
+@pytest.mark.slow  # over a second: in make test, not make test-fast
 def test_shipped_sd3_configs_are_the_real_models_and_count_exactly(name, params):
     from diffusers import SD3Transformer2DModel
 

@@ -225,6 +225,7 @@ def test_fuzz_pipeline_either_names_a_parameter_or_returns_finite_images(fuzz_pi
     assert out.images.shape == (images, height, width, 3) and (out.images == out.images).all()
 
 
+@pytest.mark.slow  # over a second: in make test, not make test-fast
 def test_the_maths_and_the_sampler_import_without_diffusers():
     """config, ntdm, schedule, noise, layout, regions, cost, models, planner, calibrate and the sampler
     never import diffusers (nor transformers); the pure-Python ones not even torch."""

@@ -149,6 +149,7 @@ def test_robust_solve_is_never_worse_than_the_reference_recipe():
     assert ntdm_objective(*solve_ntdm(steps, ends, 3.0), steps, ends, 3.0) < _reference_recipe(steps, ends, 3.0) - 1e-4
 
 
+@pytest.mark.slow  # over a second: in make test, not make test-fast
 def test_robust_solve_is_deterministic_and_methods_are_checked():
     first = solve_ntdm((4, 5, 6), (0.2, 0.4, 1.0), 3.0)
     from ralu import ntdm

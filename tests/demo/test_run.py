@@ -4,12 +4,14 @@ where the model can pass it."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from ralu.cli import main
 from ralu.demo import run
 
 
+@pytest.mark.slow  # over a second: in make test, not make test-fast
 def test_demo_quick_writes_a_labelled_grid_and_a_table(tmp_path, capsys):
     output = tmp_path / "demo.png"
     assert main(["demo", "--quick", "--output", str(output)]) == 0
@@ -25,6 +27,7 @@ def test_demo_quick_writes_a_labelled_grid_and_a_table(tmp_path, capsys):
     assert (np.abs(pixels.astype(int) - (0, 255, 255)).sum(-1) == 0).any()  # cyan region outlines drawn
 
 
+@pytest.mark.slow  # over a second: in make test, not make test-fast
 def test_the_read_back_column_needs_a_model_that_passes_it(monkeypatch, tmp_path):
     lines = []
     monkeypatch.setattr(run, "READBACK_FLOOR", 1.01)  # nothing reaches it: the column is hidden

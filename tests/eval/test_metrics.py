@@ -128,6 +128,7 @@ def test_toy_edge_measures_on_constructed_pictures():
     assert fringe(sharp) == 0.0 and fringe(blurred) > 0.1
 
 
+@pytest.mark.slow  # over a second: in make test, not make test-fast
 def test_toy_set_metrics_separate_a_collapsed_set_from_a_second_sample_of_the_truth():
     """In the judge's feature space, a second sample of the rendered truth is close to the first, and the
     same scenes with every object drawn as a circle (a collapse to one kind) are far: KID seven times

@@ -132,6 +132,7 @@ def test_batch_equals_samples_run_alone_with_different_regions(ralu_pipe, prompt
         assert torch.allclose(alone.images[0], batch.images[b], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # over a second: in make test, not make test-fast
 def test_ralu_run_shapes_types_and_stage_report(ralu_pipe):
     out = ralu_pipe(["a red circle", "a blue star"], height=SIZE, width=320, num_images_per_prompt=2,
                     generator=gens(0, 1, 2, 3), output_type="np", config="flux-dev-4x")
@@ -149,6 +150,7 @@ def test_ralu_run_shapes_types_and_stage_report(ralu_pipe):
     assert len(images) == 1
 
 
+@pytest.mark.slow  # over half a second: in make test, not make test-fast
 def test_same_generator_seed_is_reproducible(ralu_pipe):
     a = ralu_pipe("a red circle", height=SIZE, width=SIZE, generator=gens(5), output_type="latent").images
     b = ralu_pipe("a red circle", height=SIZE, width=SIZE, generator=gens(5), output_type="latent").images
@@ -156,6 +158,7 @@ def test_same_generator_seed_is_reproducible(ralu_pipe):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+@pytest.mark.slow  # over a second: in make test, not make test-fast
 def test_bfloat16(tiny_flux_path):
     pipe = RALUFluxPipeline.from_pretrained(tiny_flux_path, torch_dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
@@ -200,6 +203,7 @@ def test_true_cfg_runs_a_second_branch(ralu_pipe):
     assert torch.isfinite(guided).all() and not torch.allclose(plain, guided)
 
 
+@pytest.mark.slow  # over half a second: in make test, not make test-fast
 def test_lora_on_the_base_pipe_applies_and_scales(tiny_flux_path):
     from diffusers import FluxPipeline
     from peft import LoraConfig

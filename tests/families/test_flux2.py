@@ -261,6 +261,7 @@ def test_mixed_stage_convention_measurement():
 
 # --- pipelines: stock equality ------------------------------------------------------------------------
 
+@pytest.mark.slow  # over half a second: in make test, not make test-fast
 def test_from_pretrained_and_from_pipe(tiny_flux2_path, tiny_klein_path, stock, pipe, klein_stock, klein):
     loaded = load(tiny_flux2_path, RALUFlux2Pipeline)
     assert isinstance(loaded, RALUFlux2Pipeline) and pipe.transformer is stock.transformer and pipe.vae is stock.vae
@@ -425,6 +426,7 @@ def test_flops_match_the_flop_counter_on_tiny_models(config, n, m):
 
 @pytest.mark.parametrize(("name", "params", "n"), [("flux2-dev", 32.22e9, 4096), ("flux2-klein-4b", 3.88e9, 1024),
                                                    ("flux2-klein-9b", 9.08e9, None)])
+@pytest.mark.slow  # over a second: in make test, not make test-fast
 def test_shipped_configs_are_the_real_models_and_count_exactly(name, params, n):
     spec = models.get(name)
     config = {k: v for k, v in spec.transformer.items() if not k.startswith("_")}
@@ -486,6 +488,7 @@ def test_a_pipeline_call_leaves_the_stock_processors_in_place(pipe):
     assert {type(p) for p in before.values()} == {Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor}
 
 
+@pytest.mark.slow  # over half a second: in make test, not make test-fast
 def test_shapes_types_and_stage_report(pipe, klein):
     out = pipe(prompt=["a red circle", "a blue star"], height=SIZE, width=320, num_images_per_prompt=2,
                generator=gens(0, 1, 2, 3), output_type="np", config=FAST, max_sequence_length=TEXT)
@@ -507,6 +510,7 @@ def test_same_generator_seed_is_reproducible(klein):
     assert torch.equal(a, b) and not torch.equal(a, klein(generator=gens(6), **kwargs).images)
 
 
+@pytest.mark.slow  # over half a second: in make test, not make test-fast
 def test_bfloat16(tiny_klein_path):
     p = load(tiny_klein_path, RALUFlux2KleinPipeline, dtype=torch.bfloat16)
     out = p(prompt="a red circle", height=SIZE, width=SIZE, generator=gens(0), output_type="latent",
@@ -532,6 +536,7 @@ def test_callback_on_step_end_follows_diffusers_convention(pipe, embeds):
     assert torch.equal(seen[1][3], embeds[:1]) and torch.equal(seen[2][3], replacement)
 
 
+@pytest.mark.slow  # over half a second: in make test, not make test-fast
 def test_lora_on_the_base_pipe_applies_and_scales(tiny_flux2_path):
     from peft import LoraConfig
 

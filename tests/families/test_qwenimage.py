@@ -255,6 +255,7 @@ def test_custom_processors_are_left_alone_and_samples_run_one_at_a_time(tiny_qwe
 
 
 @pytest.mark.parametrize("convention", ["stock_then_full", "low_grid"])
+@pytest.mark.slow  # over half a second: in make test, not make test-fast
 def test_guided_batch_is_one_call_per_step_and_branch_and_equals_samples_run_alone(pipe, embeds, count_calls,
                                                                                   convention):
     (text, mask), (negative, negative_mask) = embeds
@@ -378,6 +379,7 @@ def test_schedule_is_the_stock_one_and_auto_means_its_shift_part(pipe):
 
 # --- pipeline conventions ---------------------------------------------------------------------------------
 
+@pytest.mark.slow  # over half a second: in make test, not make test-fast
 def test_shapes_types_and_stage_report(pipe):
     out = pipe(PROMPTS, negative_prompt=" ", height=SIZE, width=192, num_images_per_prompt=2,
                generator=gens(0, 1, 2, 3), output_type="np", config=FAST)
@@ -431,6 +433,7 @@ def test_interrupt_returns_full_resolution_latents(pipe):
     assert out.images.shape == (1, 64, 64) and out.stage_steps == (1, 1)
 
 
+@pytest.mark.slow  # over half a second: in make test, not make test-fast
 def test_bfloat16(tiny_qwenimage_path):
     pipe = RALUQwenImagePipeline.from_pretrained(tiny_qwenimage_path, dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
@@ -505,6 +508,7 @@ def _linear_calls(pipe):
 
 
 @pytest.mark.parametrize("name", ["first_block", "taylorseer", "magcache"])
+@pytest.mark.slow  # over a second: in make test, not make test-fast
 def test_diffusers_cache_runs_across_stages_skips_work_and_starts_clean(pipe, name):
     import diffusers.hooks as dh
 
@@ -598,6 +602,7 @@ def _counted_flops(model, grid, text_tokens, device="cpu") -> int:
     return counter.get_total_flops()
 
 
+@pytest.mark.slow  # over a second: in make test, not make test-fast
 def test_call_flops_count_exactly_on_tiny_and_real_configs(stock_pipe):
     from diffusers import QwenImageTransformer2DModel
 
@@ -617,6 +622,7 @@ def test_call_flops_count_exactly_on_tiny_and_real_configs(stock_pipe):
     assert qwenimage_call_flops(real, 4096, 128) == pytest.approx(70.58e12, rel=1e-3)
 
 
+@pytest.mark.slow  # over half a second: in make test, not make test-fast
 def test_vae_decode_coefficients_count_exactly_at_a_third_size():
     from ralu.cost import qwenimage_vae_decode_flops
 

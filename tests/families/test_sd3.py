@@ -266,6 +266,7 @@ def test_callback_on_step_end_follows_diffusers_convention(pipe):
     assert [n for _, _, n in seen] == [16] * 3 + [16 - k + 4 * k] * 3 + [64] * 6
 
 
+@pytest.mark.slow  # over half a second: in make test, not make test-fast
 def test_lora_scale_applies_through_the_token_forward(sd3_path):
     from peft import LoraConfig
 
@@ -335,6 +336,7 @@ def test_cli_generate_picks_the_sd3_pipeline_and_its_default_preset(sd3_path, tm
 
 
 @pytest.mark.parametrize("path_fixture", ["sd3_path", "sd35_path"])
+@pytest.mark.slow  # over a second: in make test, not make test-fast
 def test_teacache_hook_works_on_sd3_under_ralu(request, path_fixture):
     """diffusers' FirstBlockCache fails on SD3 (its last block returns no encoder states);
     the TeaCache-style hook handles that block and runs across RALU's stages."""

@@ -412,6 +412,7 @@ def test_baseline_size_only_needs_whole_tokens(pipe):
         pipe("a red circle", height=112, width=SIZE, config="z-image-7x")
 
 
+@pytest.mark.slow  # over half a second: in make test, not make test-fast
 def test_bfloat16_runs_and_stays_stock_exact_on_a_uniform_grid(tiny_zimage_path):
     stock = ZImagePipeline.from_pretrained(tiny_zimage_path, dtype=torch.bfloat16)
     stock.set_progress_bar_config(disable=True)
@@ -489,6 +490,7 @@ def _pyramid_attention_broadcast(pipe):
 
 
 @pytest.mark.parametrize("cache", ["taylorseer", "pyramid_attention_broadcast"])
+@pytest.mark.slow  # over half a second: in make test, not make test-fast
 def test_diffusers_caches_on_the_block_stack_run_across_stages(tiny_zimage_base_path, cache):
     """Hooks on the attention / feed-forward modules of ``layers`` run under RALU: their state is reset at
     each stage (the token count changes), they skip work, and a second generation equals the first."""
@@ -593,6 +595,7 @@ def test_flops_of_a_mixed_stage_call_match_the_flop_counter(pipe):
 
 
 @pytest.mark.parametrize("grid, text", [((64, 64), 512), ((48, 80), 77)])
+@pytest.mark.slow  # over a second: in make test, not make test-fast
 def test_flops_match_the_flop_counter_on_the_released_model(grid, text):
     """Z-Image(-Turbo)'s own config on the meta device (shapes only): 6.15 B parameters, counted exactly."""
     config = dict(models.get("z-image-turbo").transformer)
