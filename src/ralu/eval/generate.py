@@ -79,6 +79,13 @@ def _reset_peak() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def noise_seed(prompt_index: int, seed: int) -> int:
+    """The generator seed of one image: a different noise for every caption and seed (``--seeds 0`` must not
+    give all captions one noise, or a set's diversity would come from the captions alone), the same across
+    methods, so that paired metrics compare images of the same noise. Recorded in the manifest."""
+    return seed * 1_000_003 + prompt_index
+
+
 def run(runner: Runner, methods: Sequence[Method], prompts: Sequence[Prompt], seeds: Sequence[int], out: Path,
         batch_size: int = 4, say: Callable[[str], None] = print, state=None) -> Path:
     """Generate what is missing under ``out``; returns the merged manifest's path (on every process).
@@ -104,7 +111,7 @@ def run(runner: Runner, methods: Sequence[Method], prompts: Sequence[Prompt], se
         _reset_peak()
         start = time.perf_counter()
         images, facts = runner.generate(batch.method, [prompts[i].text for i, _ in batch.items],
-                                        [s for _, s in batch.items])
+                                        [noise_seed(i, s) for i, s in batch.items])
         seconds = time.perf_counter() - start
         memory = _peak_memory_mb()
         rows = []
@@ -114,6 +121,7 @@ def run(runner: Runner, methods: Sequence[Method], prompts: Sequence[Prompt], se
             Image.fromarray(image).save(tmp)
             tmp.replace(path)
             rows.append(dict(method=batch.method.spec, prompt=prompts[i].text, prompt_index=i, seed=s,
+                             noise_seed=noise_seed(i, s),
                              height=image.shape[0], width=image.shape[1], model_calls=facts.get("model_calls"),
                              flops=facts.get("flops"), skipped=facts.get("skipped"),
                              wall_seconds=seconds / len(batch.items), batch_size=len(batch.items),
