@@ -207,7 +207,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="one-step stages, no variants or planner: a smoke test")
-    parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
+    from ralu.demo.model import AUTOCAST_CHOICES
+
+    parser.add_argument("--dtype", choices=tuple(AUTOCAST_CHOICES), default="auto",
                         help="bf16: bfloat16 autocast for the transformer; auto (default): bf16 where the CPU has "
                              "bf16 instructions, else fp32")
     args = parser.parse_args(argv)
@@ -219,7 +221,7 @@ def main(argv=None) -> int:
                      f"images per method), got {args.prompts * args.seeds}")
     record = run(args.out, args.work, args.prompts, args.seeds, args.guidance, args.model, tuple(args.variants),
                  args.quick, args.threads, args.batch_size,
-                 {"auto": None, "bf16": True, "fp32": False}[args.dtype],
+                 AUTOCAST_CHOICES[args.dtype],
                  "ralu bench quality " + " ".join(sys.argv[1:] if argv is None else argv))
     print(report_markdown(record["summary"], "RALU against every same-cost alternative (toy shapes model)"))
     return 0

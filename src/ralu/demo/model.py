@@ -240,6 +240,10 @@ def bf16_is_fast() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & cpu_facts()[1])
 
 
+# the toy's --dtype choices → bfloat16 autocast on/off; None: bf16_is_fast() decides
+AUTOCAST_CHOICES = {"auto": None, "bf16": True, "fp32": False}
+
+
 def token_grid(size: int = RESOLUTION, width: int | None = None) -> tuple[int, int]:
     """Token grid (h, w) of a ``size`` x ``width`` px image (square when width is None)."""
     width = size if width is None else width

@@ -29,10 +29,8 @@ import torch.nn.functional as F
 
 from ..layout import grid_positions, tokens_to_latent
 from ..schedule import shift_sigmas
-from .model import (ARCHITECTURES, BASE_SHIFT, RESOLUTION, ToyModel, bf16_is_fast, build_toy, cpu_facts, encode_images,
-                    load_toy, save_toy)
-
-DTYPES = {"auto": None, "bf16": True, "fp32": False}
+from .model import (ARCHITECTURES, AUTOCAST_CHOICES, BASE_SHIFT, RESOLUTION, ToyModel, bf16_is_fast, build_toy,
+                    cpu_facts, encode_images, load_toy, save_toy)
 from .shapes import render_batch, scenes
 
 UNIFORM_SHARE = 0.5  # share of σ drawn uniformly; the rest from shift_3(uniform)
@@ -204,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--width", type=int, help="transformer width of a fresh model (a multiple of 32)")
     parser.add_argument("--arch", choices=tuple(ARCHITECTURES), default="flux")
-    parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
+    parser.add_argument("--dtype", choices=tuple(AUTOCAST_CHOICES), default="auto",
                         help="bf16: bfloat16 autocast; auto (default): bf16 where the CPU has bf16 instructions")
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--max-minutes", type=float, help="stop early after this long, saving what there is")
@@ -213,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     record = train(args.out, args.steps, args.seed, args.batch, args.lr, ema=args.ema, threads=args.threads,
                    checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, init=args.init,
-                   resume=args.resume, architecture=args.arch, autocast=DTYPES[args.dtype], width=args.width)
+                   resume=args.resume, architecture=args.arch, autocast=AUTOCAST_CHOICES[args.dtype], width=args.width)
     print(f"saved {args.out}: {record['stopped_at'] or record['steps']} steps, final loss {record['final_loss']}, "
           f"{record['wall_seconds']:.0f} s")
     return 0

@@ -177,8 +177,7 @@ class ToyRunner:
                     config = self.config(method)
                     per_step = []
                     images, result = toy.generate(self.model, prompts, seeds, config, self.guidance, h,
-                                                  on_step=lambda info: per_step.append(counter.calls),
-                                                  bfloat16=self.bfloat16)
+                                                  on_step=lambda info: per_step.append(counter.calls))
                     steps = result.stage_steps
                     computed = computed_steps(per_step, steps)
                     flops = _stage_flops(self.spec, config, h, h, computed, self.branches)
