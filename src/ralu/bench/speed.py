@@ -4,10 +4,11 @@
 
 One process, one FLUX-shaped transformer with FLUX.1-dev's width (hidden 3072 = 24 heads x 128, text
 width 4096, 64 latent channels) and random weights, ``--double``/``--single`` blocks so that a CPU gets
-through it. For each size, the methods run alternately ``--reps`` times through the same sampler; the
-table gives the median and range, the speedup over the baseline measured and predicted (by the cost
-model's FLOPs, and by a latency calibration of this very model made first in the same process), and the
-two efficiencies (measured / predicted). RALU's own work (noise, token bookkeeping, positions, edge
+through it. For each size, the methods and a short calibration run alternately ``--reps`` times through
+the same sampler; the table gives the median and range, the speedup over the baseline measured (paired
+by repetition) and predicted (by the cost model's FLOPs, and by a latency calibration of this very model
+made once first), and the efficiencies (measured / predicted), also against the calibration timed in
+the same repetition. Each stage's seconds per call in the run are compared with the calibrated call. RALU's own work (noise, token bookkeeping, positions, edge
 scores) is timed separately. ``--dense-noise`` also times the reference script's dense multivariate
 normal (minutes at 1024 px). The host (CPU model, AMX / avx512_bf16 flags, threads, dtype, torch) is
 recorded. ``--out`` writes ``performance.md``, ``performance.json`` and ``efficiency.png``; nothing is
@@ -74,7 +75,8 @@ class Bench:
                            embedded_guidance=torch.full([batch], 3.5, device=self.args.device),
                            decoder=lambda x0, grid: torch.zeros(x0.shape[0], 3, 16 * grid[0], 16 * grid[1]))
 
-    def calibrate(self, token_counts: list[int], text_tokens: int) -> LatencyModel:
+    def calibrate(self, token_counts: list[int], text_tokens: int, reps: int | None = None,
+                  min_seconds: float = 5.0) -> LatencyModel:
         """Time one call of this transformer at each token count (the latency model of this run)."""
         adapter = self.adapter(text_tokens)
 
@@ -84,8 +86,8 @@ class Bench:
             with torch.no_grad():
                 adapter.velocity(x, adapter.prepare_positions(positions, (64, 64)), 0.5)
 
-        seconds, spread = time_calls(run, token_counts, reps=max(5, self.args.reps), sync=lambda: _sync(self.args.device),
-                                     min_seconds=5.0)
+        seconds, spread = time_calls(run, token_counts, reps=reps or max(5, self.args.reps),
+                                     sync=lambda: _sync(self.args.device), min_seconds=min_seconds)
         return LatencyModel(tuple(token_counts), tuple(seconds), "flux-width benchmark model", str(self.args.device),
                             str(self.args.dtype).replace("torch.", ""), text_tokens, 1,
                             (self.args.double, self.args.single), tuple(round(s, 4) for s in spread), host())
@@ -96,42 +98,81 @@ class Bench:
         return methods
 
     def size(self, px: int) -> dict:
-        """Every method at one size, alternately ``reps`` times; measured and predicted speedups."""
+        """Every method at one size, alternately ``reps`` times, with a fresh calibration in each repetition."""
         args = self.args
         side = px // 16
         full, text = side * side, max(1, side * side // 8)  # FLUX.1-dev's 4096 image : 512 text tokens
         methods = self.methods()
         counts = sorted({t for config in methods.values() for t in config.tokens_per_stage(full)})
-        latency = self.calibrate(counts, text)
+        once = self.calibrate(counts, text)  # as a user would: one calibration, then predictions
         adapter = self.adapter(text)
         noise = torch.randn(1, full, 64, generator=torch.Generator().manual_seed(0)).to(**self.dev)
         model_config = MappingProxyType(self.config)
         base_cost = schedule_cost(methods["baseline"], full, model_config, text).total
-        names = list(methods)
-        times = {name: [] for name in names}
+        flops = {name: base_cost / schedule_cost(config, full, model_config, text).total
+                 for name, config in methods.items()}
+        items = [*methods, CALIBRATION]
+        times = {name: [] for name in methods}
+        stage_seconds = {name: [] for name in methods}
+        per_rep: list[LatencyModel] = []
         with torch.no_grad():
             sample(adapter, noise, RALUConfig.preset("flux-dev-7x", steps=(1, 1, 1)).resolve(3.0), (side, side))
             for rep in range(args.reps):
-                for name in names if rep % 2 == 0 else reversed(names):
+                for name in items if rep % 2 == 0 else reversed(items):
+                    if name == CALIBRATION:
+                        per_rep.append(self.calibrate(counts, text, reps=2, min_seconds=0.0))
+                        continue
                     _sync(args.device)
                     start = time.perf_counter()
-                    sample(adapter, noise, methods[name], (side, side), generator=torch.Generator().manual_seed(1))
+                    result = sample(adapter, noise, methods[name], (side, side),
+                                    generator=torch.Generator().manual_seed(1))
                     _sync(args.device)
                     times[name].append(time.perf_counter() - start)
-        base = statistics.median(times["baseline"])
-        rows = {}
+                    stage_seconds[name].append(result.stage_seconds)
+        rows = summarise(methods, times, flops, once, per_rep, full)
         for name, config in methods.items():
-            median = statistics.median(times[name])
-            flops = base_cost / schedule_cost(config, full, model_config, text).total
-            predicted = latency.speedup(config, methods["baseline"], full)
-            measured = base / median
-            rows[name] = dict(calls=sum(s.steps for s in config.stages), median_s=median, min_s=min(times[name]),
-                              max_s=max(times[name]), spread=(max(times[name]) - min(times[name])) / median,
-                              measured_speedup=measured, flops_speedup=flops, predicted_speedup=predicted,
-                              efficiency_flops=measured / flops, efficiency_predicted=measured / predicted,
-                              transformer_predicted_s=latency.schedule_seconds(config, full))
-        return dict(px=px, image_tokens=full, text_tokens=text, calibration=dict(tokens=latency.tokens,
-                    seconds=latency.seconds, spread=latency.spread), methods=rows)
+            rows[name]["stages"] = in_run_calls(config, stage_seconds[name], per_rep, full)
+        return dict(px=px, image_tokens=full, text_tokens=text, calibration=dict(tokens=once.tokens,
+                    seconds=once.seconds, spread=once.spread),
+                    calibration_per_rep=[list(latency.seconds) for latency in per_rep], methods=rows)
+
+
+CALIBRATION = "(calibration)"
+
+
+def summarise(methods: dict, times: dict, flops: dict, once: LatencyModel, per_rep: list[LatencyModel],
+              full: int) -> dict:
+    """Measured speedups paired by repetition (the baseline's time in repetition r over the method's), and
+    efficiencies against the FLOPs ratio, against a calibration made once before the sweep, and against the
+    calibration timed in the same repetition (which takes the host's drift between repetitions out)."""
+    baseline = methods["baseline"]
+    rows = {}
+    for name, config in methods.items():
+        measured = [b / t for b, t in zip(times["baseline"], times[name])]
+        same_rep = [m / latency.speedup(config, baseline, full) for m, latency in zip(measured, per_rep)]
+        median, speedup = statistics.median(times[name]), statistics.median(measured)
+        predicted = once.speedup(config, baseline, full)
+        rows[name] = dict(calls=sum(s.steps for s in config.stages), median_s=median, min_s=min(times[name]),
+                          max_s=max(times[name]), spread=(max(times[name]) - min(times[name])) / median,
+                          measured_speedup=speedup, measured_range=(min(measured), max(measured)),
+                          flops_speedup=flops[name], predicted_speedup=predicted,
+                          efficiency_flops=speedup / flops[name], efficiency_predicted=speedup / predicted,
+                          efficiency_same_rep=statistics.median(same_rep),
+                          efficiency_same_rep_range=(min(same_rep), max(same_rep)),
+                          transformer_predicted_s=once.schedule_seconds(config, full))
+    return rows
+
+
+def in_run_calls(config, stage_seconds: list, per_rep: list[LatencyModel], full: int) -> list[dict]:
+    """Per stage: seconds per call inside the sampler (stage time / calls, RALU's own work between the calls
+    included) against the same repetition's calibrated call at that token count; medians over repetitions."""
+    steps = config.steps if isinstance(config, RALUConfig) else (config.steps,)
+    out = []
+    for k, (n, tokens) in enumerate(zip(steps, config.tokens_per_stage(full))):
+        in_run = [seconds[k] / n for seconds in stage_seconds]
+        ratio = [s / latency.call_seconds(tokens) for s, latency in zip(in_run, per_rep)]
+        out.append(dict(tokens=tokens, calls=n, in_run_s=statistics.median(in_run), ratio=statistics.median(ratio)))
+    return out
 
 
 def overheads(bench: Bench) -> dict:
@@ -213,21 +254,36 @@ def markdown(record: dict) -> str:
              f"{h.get('threads')} threads, torch {h.get('torch')}, GPU {h.get('gpu')}  ",
              f"Model: FLUX-width transformer ({record['blocks'][0]} double + {record['blocks'][1]} single blocks, hidden "
              f"3072), random weights, {record['dtype']}, batch 1; text tokens = image tokens / 8.", "",
-             "Efficiency = measured speedup / predicted speedup: against the FLOPs ratio, and against the latency "
-             "calibration of the same model made first in the same process (per-call time at each stage's token "
-             "count). Median and range over the repetitions.", "",
-             "| px | method | calls | median s | range s | measured | FLOPs | calibrated | eff. vs FLOPs | eff. vs "
-             "calibrated |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "Measured speedup = the baseline's time over the method's in the same repetition (the methods and a "
+             "fresh calibration run alternately); median and range over the repetitions. Efficiency = measured / "
+             "predicted speedup: against the FLOPs ratio; against a calibration of the same model made once before "
+             "the sweep, as a user would (`once`); and against the calibration timed in the same repetition "
+             "(`same rep.`), which takes the host's drift between repetitions out and leaves the latency model's "
+             "own error.", "",
+             "| px | method | calls | median s | measured | range | FLOPs | calibrated | eff. vs FLOPs | eff. vs "
+             "once | eff. vs same rep. (range) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for size in record["sizes"]:
         for name, r in size["methods"].items():
-            lines.append(f"| {size['px']} | {name} | {r['calls']} | {r['median_s']:.2f} | {r['min_s']:.2f}-"
-                         f"{r['max_s']:.2f} | {r['measured_speedup']:.2f}x | {r['flops_speedup']:.2f}x | "
-                         f"{r['predicted_speedup']:.2f}x | {r['efficiency_flops']:.3f} | {r['efficiency_predicted']:.3f} |")
-    errors = [abs(r["efficiency_predicted"] - 1) for s in record["sizes"] for n, r in s["methods"].items()
-              if n != "baseline"]
-    lines += ["", f"Calibrated prediction error over the sweep: largest {max(errors):.1%}, mean "
-              f"{statistics.mean(errors):.1%}.", "", "![efficiency](efficiency.png)", "",
-              "RALU's own work per generation, at 1024x1024 token counts:", "", "| work | ms |", "| --- | --- |"]
+            low, high = r["measured_range"]
+            lo, hi = r["efficiency_same_rep_range"]
+            lines.append(f"| {size['px']} | {name} | {r['calls']} | {r['median_s']:.2f} | {r['measured_speedup']:.2f}x | "
+                         f"{low:.2f}-{high:.2f} | {r['flops_speedup']:.2f}x | {r['predicted_speedup']:.2f}x | "
+                         f"{r['efficiency_flops']:.3f} | {r['efficiency_predicted']:.3f} | "
+                         f"{r['efficiency_same_rep']:.3f} ({lo:.3f}-{hi:.3f}) |")
+    lines += ["", "Calibrated prediction error over the sweep (RALU rows): " + prediction_errors(record), "",
+              "![efficiency](efficiency.png)", "",
+              "Seconds per transformer call inside the sampler (each stage's time over its calls, RALU's work "
+              "between the calls included) against the same repetition's calibrated call at that token count "
+              "(medians over repetitions): above 1 is time the per-call latency model does not see.", "",
+              "| px | method | stage tokens | s per call in run | in run / calibrated |", "| --- | --- | --- | --- | --- |"]
+    for size in record["sizes"]:
+        for name, r in size["methods"].items():
+            stages = r.get("stages", [])
+            tokens = " / ".join(str(stage["tokens"]) for stage in stages)
+            in_run = " / ".join(f"{stage['in_run_s']:.3f}" for stage in stages)
+            ratio = " / ".join(f"{stage['ratio']:.3f}" for stage in stages)
+            lines.append(f"| {size['px']} | {name} | {tokens} | {in_run} | {ratio} |")
+    lines += ["", "RALU's own work per generation, at 1024x1024 token counts:", "", "| work | ms |", "| --- | --- |"]
     lines += [f"| {name} | {seconds * 1000:.2f} |" for name, seconds in record["overheads_s"].items()]
     lines += ["", "## On a GPU", "",
               "The same benchmark at FLUX.1-dev's real size and depth, timed with CUDA synchronisation, in bfloat16:", "", "```bash",
@@ -244,6 +300,17 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def prediction_errors(record: dict) -> str:
+    """|measured / predicted - 1| over the RALU rows: a calibration made once, and one per repetition."""
+    rows = [r for s in record["sizes"] for n, r in s["methods"].items() if n != "baseline"]
+    once = [abs(r["efficiency_predicted"] - 1) for r in rows]
+    text = f"calibrated once: largest {max(once):.1%}, mean {statistics.mean(once):.1%}"
+    if all("efficiency_same_rep" in r for r in rows):
+        same = [abs(r["efficiency_same_rep"] - 1) for r in rows]
+        text += f"; calibrated in the same repetition: largest {max(same):.1%}, mean {statistics.mean(same):.1%}"
+    return text + "."
+
+
 def plot(record: dict, path: Path) -> None:
     import matplotlib
 
@@ -256,7 +323,9 @@ def plot(record: dict, path: Path) -> None:
         px = [s["px"] for s in record["sizes"]]
         ax.plot(px, [s["methods"][name]["efficiency_flops"] for s in record["sizes"]], "o-", label=f"{name} vs FLOPs")
         ax.plot(px, [s["methods"][name]["efficiency_predicted"] for s in record["sizes"]], "s--",
-                label=f"{name} vs calibrated")
+                label=f"{name} vs calibrated once")
+        ax.plot(px, [s["methods"][name]["efficiency_same_rep"] for s in record["sizes"]], "^:",
+                label=f"{name} vs calibrated in the same repetition")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xlabel("image side (px)")
     ax.set_ylabel("measured / predicted speedup")
@@ -298,7 +367,7 @@ def main(argv=None) -> int:
         for name, r in size["methods"].items():
             print(f"{px:>5} px {name:<14} {r['median_s']:8.2f} s  measured {r['measured_speedup']:.2f}x  FLOPs "
                   f"{r['flops_speedup']:.2f}x  calibrated {r['predicted_speedup']:.2f}x  eff {r['efficiency_flops']:.3f}"
-                  f" / {r['efficiency_predicted']:.3f}", flush=True)
+                  f" / {r['efficiency_predicted']:.3f} / same rep. {r['efficiency_same_rep']:.3f}", flush=True)
     record["overheads_s"] = overheads(bench)
     if args.dense_noise:
         record["dense_noise"] = noise_comparison()
