@@ -13,11 +13,13 @@ TOKEN_POSITIONS = ("corner", "center")
 TABLE_POSITIONS = ("low_grid", "full_grid", "stock_then_full")
 REGION_SOURCES = ("decoded", "latent")
 NOISE_DOWNSAMPLE_MODES = ("nearest", "block_sum")
+SOLVERS = ("euler", "dpmpp2m", "ab2", "unipc")  # ralu.solvers
 # The fields that choose between implementations of one step (not the schedule), with their values.
 NTDM_METHODS = ("robust", "reference")
 VARIANT_OPTIONS = {"ntdm_method": NTDM_METHODS, "upsample": UPSAMPLE_MODES, "canny_clip_unit": (False, True), "token_position": TOKEN_POSITIONS,
                    "exact_kept_noise": (False, True), "table_positions": TABLE_POSITIONS,
-                   "region_source": REGION_SOURCES, "noise_downsample": NOISE_DOWNSAMPLE_MODES}
+                   "region_source": REGION_SOURCES, "noise_downsample": NOISE_DOWNSAMPLE_MODES,
+                   "solver": SOLVERS}
 
 
 CHILDREN = 4  # full-resolution tokens per low-resolution token: a 2×2 block
@@ -73,6 +75,9 @@ class RALUConfig:
     noise_downsample: how stage 1's half-resolution noise comes from the full-resolution noise:
         "block_sum" (each 2×2 block's sum / 2) or "nearest" (the paper: one latent pixel of each
         block). Both give white noise of the same distribution.
+    solver: how each stage steps along its σ grid, with no extra model calls: "euler" (the paper)
+        or a second-order multistep method started afresh in every stage, "dpmpp2m", "ab2" or "unipc"
+        (:mod:`ralu.solvers`; docs/verdict.md measures them).
     name: preset name, for display only.
     """
 
@@ -91,6 +96,7 @@ class RALUConfig:
     table_positions: str = "stock_then_full"
     region_source: str = "decoded"
     noise_downsample: str = "block_sum"
+    solver: str = "euler"
     name: str | None = field(default=None, compare=False)
 
     # Named schedules at 1024². solved_shift: the stock shift their H and Z were solved for.
@@ -309,18 +315,23 @@ class Baseline:
         pipeline use its scheduler's own shift (resolution-dependent for FLUX).
     sigmas: an explicit (steps+1,) grid, 1 → 0, e.g. a scheduler's own (SD3's pipeline lets the
         scheduler end its grid at a shifted σ_min before 0); overrides ``shift``.
+    solver: "euler" (the stock scheduler), "dpmpp2m" or "unipc" (diffusers' DPM-Solver++ 2M or UniPC
+        with flow sigmas, on this grid) or "ab2" (:mod:`ralu.solvers`).
     """
 
     steps: int = 50
     shift: float | None = None
     name: str | None = field(default=None, compare=False)
     sigmas: tuple[float, ...] | None = None
+    solver: str = "euler"
 
     def __post_init__(self) -> None:
         if not _is_int(self.steps) or self.steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
         if self.shift is not None and (not _is_real(self.shift) or not self.shift > 0):
             raise ValueError(f"shift must be a finite number > 0 or None, got {self.shift!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.sigmas is not None:
             sigmas = _tuple("sigmas", self.sigmas, f"{self.steps + 1} noise levels")
             if not all(_is_real(x) for x in sigmas):
@@ -337,7 +348,7 @@ class Baseline:
 
     def resolve(self, shift: float) -> Baseline:
         """This baseline with the stock shift ``shift`` when it has neither a shift nor a σ grid."""
-        return self if self.resolved else Baseline(self.steps, shift, name=self.name)
+        return self if self.resolved else Baseline(self.steps, shift, name=self.name, solver=self.solver)
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -354,4 +365,5 @@ class Baseline:
     def describe(self) -> str:
         grid = ("the scheduler's own grid" if self.sigmas is not None
                 else "scheduler shift" if self.shift is None else f"shift={self.shift:.3f}")
-        return f"{self.name or 'baseline'}: steps={self.steps} ({grid}, full resolution)"
+        solver = "" if self.solver == "euler" else f", solver={self.solver}"
+        return f"{self.name or 'baseline'}: steps={self.steps} ({grid}, full resolution{solver})"

@@ -20,6 +20,7 @@ from .layout import CHILDREN, MixedLayout, downsample_tokens, grid_positions, lo
 from .noise import Generator, correlate, randn
 from .regions import edge_scores, latent_edge_scores, select_tokens
 from .schedule import Stage
+from .solvers import StageSolver
 
 ProgressFactory = Callable[[int, str], AbstractContextManager]
 
@@ -85,8 +86,8 @@ class _Run:
     """The state of one :func:`sample` call: stages, timings, callback and progress bars."""
 
     def __init__(self, adapter: ModelAdapter, stages: tuple[Stage, ...], on_step: StepCallback | None,
-                 progress: ProgressFactory | None):
-        self.adapter, self.stages, self.on_step = adapter, stages, on_step
+                 progress: ProgressFactory | None, solver: str = "euler"):
+        self.adapter, self.stages, self.on_step, self.solver = adapter, stages, on_step, solver
         self.progress = progress or (lambda total, desc: nullcontext())
         self.total = sum(s.steps for s in stages)
         self.seconds: list[float] = []
@@ -96,11 +97,13 @@ class _Run:
 
     def stage(self, k: int, x: torch.Tensor, positions: torch.Tensor, grid: tuple[int, int],
               extra_seconds: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Euler steps over stage k's σ grid; returns the final x and the last clean estimate."""
+        """Steps over stage k's σ grid (Euler, or the config's multistep solver started afresh); returns the
+        final x and the last clean estimate."""
         stage = self.stages[k]
         start = time.perf_counter() - extra_seconds
         prepared = self.adapter.prepare_positions(positions, grid, stage.resolution)
         sigmas = torch.tensor(stage.sigmas, dtype=torch.float32, device=x.device)
+        solver = StageSolver(self.solver, stage.sigmas, x.device)
         first = sum(s.steps for s in self.stages[:k])
         bad = torch.zeros(stage.steps, dtype=torch.bool, device=x.device)  # read once, at the stage's end
         denoised = x
@@ -113,8 +116,7 @@ class _Run:
                     v = self.adapter.velocity(x, prepared, sigmas[i], step)
                     if self.on_step is not None or i == stage.steps - 1:  # for the callback and region selection
                         denoised = (x.float() - sigmas[i] * v.float()).to(x.dtype)
-                    # float32 update, as FlowMatchEulerDiscreteScheduler.step
-                    x = (x.float() + (sigmas[i + 1] - sigmas[i]) * v.float()).to(x.dtype)
+                    x = solver.step(i, x, v)  # float32 update, as FlowMatchEulerDiscreteScheduler.step
                     bad[i] = ~torch.isfinite(x).all()
                     done = i + 1
                     if bar is not None:
@@ -177,7 +179,7 @@ def sample(
     if noise.dim() != 3 or noise.shape[1] != grid[0] * grid[1]:
         raise ValueError(f"noise must be (batch, {grid[0]}x{grid[1]} tokens, channels), got {tuple(noise.shape)}")
     stages = config.stages
-    run = _Run(adapter, stages, on_step, progress)
+    run = _Run(adapter, stages, on_step, progress, config.solver)
     session = getattr(adapter, "session", None)
 
     def result(x, layout=None, interrupted=False):

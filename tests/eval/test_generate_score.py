@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ralu.eval import generate, methods, prompts, score
+from ralu.eval import generate, methods, prompts, score, stats
 from ralu.eval.report import report
 from ralu.eval.runners import PipelineRunner, ToyRunner
 
@@ -141,6 +141,17 @@ def test_set_metrics_against_the_reference_and_the_rendered_truth(toy_run, monke
     ref = summary["methods"]["baseline:4"]["sets"]["toy_fid"]
     assert abs(ref["vs_reference"]["fid"]) < 1e-6 and "vs_truth" in ref  # the reference against itself
     assert summary["methods"]["steps:2"]["sets"]["toy_fid"]["vs_reference"]["fid"] > 1e-3
+    # paired: KID of each method's full set against the truth of the same captions, differenced
+    paired = score.score(out, ["toy_fid"], pairs=[("steps:2", "unipc:2")], say=lambda _: None)
+    difference = paired["pairs"][0]["differences"]["set:toy_fid/kid/vs_truth"]
+    rows = _rows(out)
+    first, second = ([r for r in rows if r["method"] == m] for m in ("steps:2", "unipc:2"))
+    assert [(r["prompt_index"], r["seed"]) for r in first] == [(r["prompt_index"], r["seed"]) for r in second]
+    load = lambda group: np.stack([np.asarray(Image.open(out / r["path"]).convert("RGB")) for r in group])  # noqa: E731
+    truth = colour(score._truth(first))
+    expected = stats._mmd2(colour(load(first)), truth) - stats._mmd2(colour(load(second)), truth)
+    assert difference["n"] == 6 and difference["mean"] == pytest.approx(expected) and difference["se"] > 0
+    assert "toy_fid KID vs truth" in report(out, title="toy").read_text()
     monkeypatch.setattr(score, "SET_MINIMUM", 7)  # 6 images per method: one short, refused before any feature
     monkeypatch.setitem(metrics.REGISTRY, "toy_fid", lambda: metrics.Metric(
         "toy_fid", "set", False, (), "", lambda: pytest.fail("features computed for a refused set metric")))

@@ -64,3 +64,26 @@ def test_inputs_are_checked():
         stats.fid(gaussian(10, 3), gaussian(10, 4))
     with pytest.raises(ValueError, match="more than 3 images"):
         stats.precision_recall(gaussian(3), gaussian(10))
+
+
+def test_kid_difference_is_the_full_set_kid_difference_with_a_brute_force_jackknife():
+    truth, a, b = gaussian(40, seed=1), gaussian(40, shift=0.3, seed=2), gaussian(40, seed=3)
+    result = stats.kid_difference(a, b, truth)
+    assert result["n"] == 40
+    assert result["mean"] == pytest.approx(stats._mmd2(a, truth) - stats._mmd2(b, truth), rel=1e-10)
+    keep = [np.delete(np.arange(40), i) for i in range(40)]
+    theta = np.array([stats._mmd2(a[k], truth[k]) - stats._mmd2(b[k], truth[k]) for k in keep])
+    expected = math.sqrt(39 / 40 * ((theta - theta.mean()) ** 2).sum())
+    assert result["se"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_kid_difference_separates_a_shifted_set_and_not_a_second_sample():
+    truth = gaussian(200, seed=1)
+    same = stats.kid_difference(gaussian(200, seed=2), gaussian(200, seed=3), truth)
+    assert abs(same["mean"]) < 2 * same["se"]
+    shifted = stats.kid_difference(gaussian(200, shift=0.5, seed=2), gaussian(200, seed=3), truth)
+    assert shifted["mean"] > 4 * shifted["se"] > 0
+    identical = stats.kid_difference(truth + 1, truth + 1, truth)
+    assert identical["mean"] == 0 and identical["se"] == 0
+    with pytest.raises(ValueError, match="three matched sets"):
+        stats.kid_difference(truth[:10], truth[:9], truth[:10])

@@ -15,7 +15,9 @@ about 4x, 5x and 7x fewer than 50 steps), each matched on the cost model:
   two-stage family of Bottleneck Sampling and MrFlow, made exact); ``naive:N1:E1:N3``: the same
   without renoising. Both start from RALU's stage-1 noise;
 - RALU with TeaCache at one operating point, the planner's picks for 3x-8x, and single-field variants
-  of the presets (the paper's stage-1 noise, ``noise_downsample=nearest``; others with ``--variants``).
+  of the presets: the paper's stage-1 noise (``noise_downsample=nearest``), edge scores from the latent
+  (``region_source=latent``) and a second-order solver inside each stage (``solver=dpmpp2m``, ``ab2``,
+  ``unipc``); others with ``--variants``.
 
 Metrics (docs/quality.md explains them): prompt read-back by the data generator (all, colour, shape,
 relation); FID, KID, precision and recall in the feature space of a CNN trained on the shapes data
@@ -45,7 +47,8 @@ PRESETS = ("flux-dev-4x", "flux-dev-5x", "flux-dev-7x")
 PLANNED = (3.0, 4.0, 5.0, 6.0, 8.0)
 BASELINE = "baseline:50"
 METRICS = ("toy_readback", "toy_edges", "toy_fid", "psnr", "ssim")
-DEFAULT_VARIANTS = ("noise_downsample=nearest", "region_source=latent")
+DEFAULT_VARIANTS = ("noise_downsample=nearest", "region_source=latent", "solver=dpmpp2m", "solver=ab2",
+                    "solver=unipc")
 
 
 def _steps_for(runner: ToyRunner, flops: float) -> int:
@@ -86,6 +89,8 @@ def method_list(runner: ToyRunner, variants=DEFAULT_VARIANTS, quick: bool = Fals
             series[spec] = f"RALU @{variant}"
             level[spec] = name
             pairs.append((spec, name))
+            if variant.startswith("solver="):  # a candidate default: against the same-cost step cuts too
+                pairs += [(spec, f"steps:{n}"), (spec, f"unipc:{n}")]
     if not quick:
         spec = "flux-dev-4x+teacache=0.3"
         specs.append(spec)

@@ -190,6 +190,7 @@ def set_metrics(features: Features) -> Callable:
         precision, recall = stats.precision_recall(b, a)
         return dict(fid=fid, fid_se=fid_se, kid=kid, kid_se=kid_se, precision=precision, recall=recall)
 
+    score.features = features  # for paired comparisons (ralu.eval.score)
     return score
 
 

@@ -50,11 +50,15 @@ def markdown(summary: dict, title: str = "Evaluation", columns: Sequence[str] | 
             row += [_set_value(m["sets"], metric, "fid", against), _set_value(m["sets"], metric, "kid", against), pr]
         lines.append("| " + " | ".join(row) + " |")
     if summary.get("pairs"):
+        set_keys = list(dict.fromkeys(k for p in summary["pairs"] for k in p["differences"] if k.startswith("set:")))
+        labels = keys + [k.replace("set:", "").replace("/kid/vs_truth", " KID vs truth") for k in set_keys]
         lines += ["", "## Paired differences (first − second, mean ± 2 SE over the same prompts and seeds)", "",
-                  "| first | second | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 2)]
+                  "KID vs truth: the difference of the two sets' KID against the rendered truth of the same "
+                  "captions, ± 2 delete-one jackknife SE over the captions (lower is better).", "",
+                  "| first | second | " + " | ".join(labels) + " |", "|" + " --- |" * (len(labels) + 2)]
         for p in summary["pairs"]:
             cells = []
-            for k in keys:
+            for k in keys + set_keys:
                 d = p["differences"].get(k)
                 cells.append("–" if not d or d["n"] == 0 or not math.isfinite(d["se"]) else
                              f"{d['mean']:+.3f} ± {2 * d['se']:.3f}" + (" *" if abs(d["mean"]) > 2 * d["se"] else ""))

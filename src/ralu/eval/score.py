@@ -78,8 +78,15 @@ def score(out: Path, metric_names: Sequence[str], reference: str | None = None,
     ref_images = None
     truth_cache: dict[str, np.ndarray | None] = {}
     set_results: dict[str, dict] = {m: dict(_earlier_sets(out, reference).get(m, {})) for m in methods}
+    pair_sets: dict[tuple[str, str], dict] = {}
     for metric in metrics:
         fn = metric.fn()
+        if metric.kind == "set" and pairs and getattr(fn, "features", None) is not None:
+            say(f"scoring {metric.name} (paired KID differences against the truth)")
+            for a, b in pairs:
+                result = _paired_kid(out, by_method[a], by_method[b], fn.features)
+                if result is not None:
+                    pair_sets.setdefault((a, b), {})[f"set:{metric.name}/kid/vs_truth"] = result
         say(f"scoring {metric.name} ({metric.kind})")
         for method in methods:
             group = by_method[method]
@@ -113,9 +120,24 @@ def score(out: Path, metric_names: Sequence[str], reference: str | None = None,
                     else:
                         row.setdefault("scores", {})[metric.name] = value
     (out / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = summarise(rows, methods, reference, set_results, pairs, metrics)
+    summary = summarise(rows, methods, reference, set_results, pairs, metrics, pair_sets)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable) + "\n")
     return summary
+
+
+def _paired_kid(out: Path, first: Sequence[dict], second: Sequence[dict], features) -> dict | None:
+    """KID(first, truth) − KID(second, truth) over the prompts and seeds both have, jackknife SE
+    (:func:`ralu.eval.stats.kid_difference`); None without a rendered truth or with fewer than
+    SET_MINIMUM matched images."""
+    index = {(r["prompt_index"], r["seed"]): r for r in second}
+    matched = [(r, index[(r["prompt_index"], r["seed"])]) for r in first if (r["prompt_index"], r["seed"]) in index]
+    if len(matched) < SET_MINIMUM:
+        return None
+    truth = _truth([r for r, _ in matched])
+    if truth is None:
+        return None
+    return stats.kid_difference(features(_load(out, [r for r, _ in matched])),
+                                features(_load(out, [r for _, r in matched])), features(truth))
 
 
 def _merge_earlier(out: Path, rows: Sequence[dict], reference: str) -> None:
@@ -152,7 +174,7 @@ def _jsonable(value):
 
 
 def summarise(rows: Sequence[dict], methods: Sequence[str], reference: str, set_results: dict,
-              pairs: Sequence[tuple[str, str]], metrics: Sequence[Metric]) -> dict:
+              pairs: Sequence[tuple[str, str]], metrics: Sequence[Metric], pair_sets: dict | None = None) -> dict:
     by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
     keys = list(dict.fromkeys(k for r in rows for k in r.get("scores", {})))
     ref_flops = stats.mean_se([r.get("flops") for r in by_method[reference]])["mean"]
@@ -174,6 +196,7 @@ def summarise(rows: Sequence[dict], methods: Sequence[str], reference: str, set_
         matched = [(r, index[(r["prompt_index"], r["seed"])]) for r in by_method[a] if (r["prompt_index"], r["seed"]) in index]
         diffs = {k: stats.paired_difference([_number(x.get("scores", {}).get(k)) for x, _ in matched],
                                             [_number(y.get("scores", {}).get(k)) for _, y in matched]) for k in keys}
+        diffs.update((pair_sets or {}).get((a, b), {}))
         out["pairs"].append(dict(first=a, second=b, differences=diffs))
     return out
 

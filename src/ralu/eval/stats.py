@@ -47,8 +47,7 @@ def fid(a: np.ndarray, b: np.ndarray, bootstrap: int = 50, seed: int = 0) -> tup
 
 
 def _mmd2(x: np.ndarray, y: np.ndarray) -> float:
-    d = x.shape[1]
-    kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+    kxx, kyy, kxy = _kernel(x, x), _kernel(y, y), _kernel(x, y)
     m, n = len(x), len(y)
     return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
                  - 2 * kxy.mean())
@@ -65,6 +64,44 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 50, subset_size: int | None
     values = [_mmd2(a[rng.choice(len(a), size, replace=False)], b[rng.choice(len(b), size, replace=False)])
               for _ in range(subsets)]
     return float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(subsets))
+
+
+def _kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return ((x @ y.T) / x.shape[1] + 1) ** 3
+
+
+def kid_difference(a: np.ndarray, b: np.ndarray, truth: np.ndarray) -> dict:
+    """KID(a, truth) − KID(b, truth) over all items, with a delete-one jackknife SE.
+
+    Row i of ``a``, ``b`` and ``truth`` belong together (one caption and seed: the two methods' images and
+    its rendered truth), so deleting item i from all three keeps the comparison paired; the shared noise of
+    the truth set and of the captions cancels in the difference. Returns dict(mean, se, n) like
+    :func:`paired_difference`.
+    """
+    a, b, truth = (np.asarray(x, np.float64) for x in (a, b, truth))
+    n = len(a)
+    if n < 3 or len(b) != n or len(truth) != n:
+        raise ValueError(f"kid_difference needs three matched sets of at least 3 items, got {len(a)}, {len(b)}, "
+                         f"{len(truth)}")
+    ktt = _kernel(truth, truth)
+    row_tt = ktt.sum(1) - np.diag(ktt)
+    within_t = row_tt.sum()
+
+    def leave_one_out(x: np.ndarray) -> tuple[float, np.ndarray]:
+        kxx, kxt = _kernel(x, x), _kernel(x, truth)
+        row_xx = kxx.sum(1) - np.diag(kxx)
+        within_x, cross = row_xx.sum(), kxt.sum()
+        full = within_x / (n * (n - 1)) + within_t / (n * (n - 1)) - 2 * cross / n**2
+        m = n - 1
+        deleted = ((within_x - 2 * row_xx) / (m * (m - 1)) + (within_t - 2 * row_tt) / (m * (m - 1))
+                   - 2 * (cross - kxt.sum(1) - kxt.sum(0) + np.diag(kxt)) / m**2)
+        return full, deleted
+
+    full_a, deleted_a = leave_one_out(a)
+    full_b, deleted_b = leave_one_out(b)
+    theta = deleted_a - deleted_b
+    se = math.sqrt((n - 1) / n * ((theta - theta.mean()) ** 2).sum())
+    return dict(mean=float(full_a - full_b), se=float(se), n=int(n))
 
 
 def _radii(x: np.ndarray, k: int) -> np.ndarray:
