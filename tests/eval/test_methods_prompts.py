@@ -75,3 +75,15 @@ def test_prompt_files(tmp_path):
         prompts.load(str(tmp_path / "bad.json"))
     with pytest.raises(ValueError, match=r"prompts must be geneval\[:N\]"):
         prompts.load("coco")
+
+
+def test_a_pair_splits_at_the_equals_sign_that_leaves_two_method_specs():
+    from ralu.cli import UsageError
+    from ralu.eval.cli import split_pair
+
+    assert split_pair("flux-dev-5x=steps:10") == ("flux-dev-5x", "steps:10")
+    assert split_pair("flux-dev-4x@solver=ab2=steps:11") == ("flux-dev-4x@solver=ab2", "steps:11")
+    assert split_pair("steps:11=flux-dev-4x@solver=unipc") == ("steps:11", "flux-dev-4x@solver=unipc")
+    assert split_pair("flux-dev-4x+teacache=0.3=flux-dev-4x") == ("flux-dev-4x+teacache=0.3", "flux-dev-4x")
+    with pytest.raises(UsageError, match="--pair must be FIRST=SECOND"):
+        split_pair("flux-dev-4x")

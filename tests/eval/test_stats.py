@@ -87,3 +87,29 @@ def test_kid_difference_separates_a_shifted_set_and_not_a_second_sample():
     assert identical["mean"] == 0 and identical["se"] == 0
     with pytest.raises(ValueError, match="three matched sets"):
         stats.kid_difference(truth[:10], truth[:9], truth[:10])
+
+
+def test_kid_jackknife_is_the_full_set_kid_with_a_brute_force_two_sample_jackknife():
+    a, b = gaussian(30, seed=1), gaussian(25, shift=0.3, seed=2)
+    value, se = stats.kid_jackknife(a, b)
+    assert value == pytest.approx(stats._mmd2(a, b), rel=1e-10)
+    without_a = np.array([stats._mmd2(np.delete(a, i, 0), b) for i in range(30)])
+    without_b = np.array([stats._mmd2(a, np.delete(b, j, 0)) for j in range(25)])
+    expected = math.sqrt(29 / 30 * ((without_a - without_a.mean()) ** 2).sum()
+                         + 24 / 25 * ((without_b - without_b.mean()) ** 2).sum())
+    assert se == pytest.approx(expected, rel=1e-9)
+
+
+def test_kid_jackknife_se_covers_the_spread_between_independent_samples():
+    """Over 40 pairs of independent samples of one distribution, the KIDs spread as the jackknife SE says
+    (within a factor 1.5), where the SE over random subsets is several times smaller."""
+    values, ses, subset_ses = [], [], []
+    for seed in range(40):
+        a, b = gaussian(60, seed=2 * seed), gaussian(60, shift=0.3, seed=2 * seed + 1)
+        value, se = stats.kid_jackknife(a, b)
+        values.append(value)
+        ses.append(se)
+        subset_ses.append(stats.kid(a, b, subset_size=30)[1])
+    spread, typical = np.std(values, ddof=1), np.mean(ses)
+    assert typical / 1.5 < spread < typical * 1.5, (spread, typical)
+    assert np.mean(subset_ses) < spread / 2

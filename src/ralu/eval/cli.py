@@ -102,15 +102,29 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def split_pair(item: str) -> tuple[str, str]:
+    """FIRST=SECOND at the one '=' that leaves two valid method specs (a spec may hold '=' itself:
+    ``flux-dev-4x@solver=ab2=steps:11``)."""
+    from . import methods
+
+    splits = []
+    for i, char in enumerate(item):
+        if char == "=":
+            try:
+                methods.parse(item[:i]), methods.parse(item[i + 1:])
+            except ValueError:
+                continue
+            splits.append((item[:i], item[i + 1:]))
+    if len(splits) != 1:
+        raise UsageError(f"--pair must be FIRST=SECOND with two method specs, got {item!r}"
+                         + (" (ambiguous: more than one '=' splits it into two specs)" if splits else ""))
+    return splits[0]
+
+
 def cmd_score(args) -> int:
     from .score import score
 
-    pairs = []
-    for item in args.pair:
-        first, sep, second = item.partition("=")
-        if not sep:
-            raise UsageError(f"--pair must be FIRST=SECOND (two method specs), got {item!r}")
-        pairs.append((first, second))
+    pairs = [split_pair(item) for item in args.pair]
     summary = score(args.folder, args.metrics, reference=args.reference, pairs=pairs)
     print(f"scored {sum(m['images'] for m in summary['methods'].values())} images of {len(summary['methods'])} "
           f"methods: {args.folder / 'summary.json'}")

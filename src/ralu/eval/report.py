@@ -38,7 +38,7 @@ def markdown(summary: dict, title: str = "Evaluation", columns: Sequence[str] | 
         label = "ref" if against == "vs_reference" else "truth"
         header += [f"{metric} FID vs {label} ↓", f"{metric} KID×1e3 vs {label} ↓", f"{metric} prec/rec vs {label}"]
     lines = [f"# {title}", "", f"Reference (speedup 1x, paired and set metrics): `{summary['reference']}`. "
-             "Scores: mean ± 1 SE over images; FID ± bootstrap SE, KID ± SE over subsets.", "",
+             "Scores: mean ± 1 SE over images; FID ± bootstrap SE, KID ± delete-one jackknife SE.", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for name, m in summary["methods"].items():
         row = [f"`{name}`", f"{m['model_calls']:.0f}" if m["model_calls"] else "–", _fmt(m["seconds"], 2),

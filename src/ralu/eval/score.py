@@ -83,8 +83,9 @@ def score(out: Path, metric_names: Sequence[str], reference: str | None = None,
         fn = metric.fn()
         if metric.kind == "set" and pairs and getattr(fn, "features", None) is not None:
             say(f"scoring {metric.name} (paired KID differences against the truth)")
+            cache: dict = {}
             for a, b in pairs:
-                result = _paired_kid(out, by_method[a], by_method[b], fn.features)
+                result = _paired_kid(out, by_method[a], by_method[b], fn.features, cache)
                 if result is not None:
                     pair_sets.setdefault((a, b), {})[f"set:{metric.name}/kid/vs_truth"] = result
         say(f"scoring {metric.name} ({metric.kind})")
@@ -125,19 +126,29 @@ def score(out: Path, metric_names: Sequence[str], reference: str | None = None,
     return summary
 
 
-def _paired_kid(out: Path, first: Sequence[dict], second: Sequence[dict], features) -> dict | None:
+def _paired_kid(out: Path, first: Sequence[dict], second: Sequence[dict], features, cache: dict) -> dict | None:
     """KID(first, truth) − KID(second, truth) over the prompts and seeds both have, jackknife SE
     (:func:`ralu.eval.stats.kid_difference`); None without a rendered truth or with fewer than
-    SET_MINIMUM matched images."""
+    SET_MINIMUM matched images. ``cache`` keeps each image's (and truth's) features between pairs."""
     index = {(r["prompt_index"], r["seed"]): r for r in second}
     matched = [(r, index[(r["prompt_index"], r["seed"])]) for r in first if (r["prompt_index"], r["seed"]) in index]
     if len(matched) < SET_MINIMUM:
         return None
-    truth = _truth([r for r, _ in matched])
+
+    def of(rows: list[dict], truth: bool = False) -> np.ndarray | None:
+        keys = [("truth", r["prompt_index"], r["seed"]) if truth else r["path"] for r in rows]
+        missing = [(k, r) for k, r in zip(keys, rows) if k not in cache]
+        if missing:
+            pictures = _truth([r for _, r in missing]) if truth else _load(out, [r for _, r in missing])
+            if pictures is None:
+                return None
+            cache.update(zip([k for k, _ in missing], features(pictures)))
+        return np.stack([cache[k] for k in keys])
+
+    truth = of([r for r, _ in matched], truth=True)
     if truth is None:
         return None
-    return stats.kid_difference(features(_load(out, [r for r, _ in matched])),
-                                features(_load(out, [r for _, r in matched])), features(truth))
+    return stats.kid_difference(of([r for r, _ in matched]), of([r for _, r in matched]), truth)
 
 
 def _merge_earlier(out: Path, rows: Sequence[dict], reference: str) -> None:
