@@ -45,7 +45,7 @@ def test_sizes_benchmark_shift_rule_and_a_tiny_run(capsys):
     from ralu.bench import sizes
 
     assert sizes.toy_shift(64) == pytest.approx(3.0) and sizes.toy_shift(48) < 3.0 < sizes.toy_shift(80)
-    record = sizes.run(None, prompts=2, sizes=(48,), presets=("flux-dev-7x",), threads=1)
+    record = sizes.run(None, prompts=4, sizes=(48,), presets=("flux-dev-7x",), threads=1)
     methods = record["48"]["methods"]
     assert set(methods) == {"baseline 50", "flux-dev-7x auto", "flux-dev-7x fixed", "steps 7 (flux-dev-7x)"}
     assert methods["flux-dev-7x auto"]["base_shift"] == pytest.approx(sizes.toy_shift(48))

@@ -87,3 +87,13 @@ def test_a_pair_splits_at_the_equals_sign_that_leaves_two_method_specs():
     assert split_pair("flux-dev-4x+teacache=0.3=flux-dev-4x") == ("flux-dev-4x+teacache=0.3", "flux-dev-4x")
     with pytest.raises(UsageError, match="--pair must be FIRST=SECOND"):
         split_pair("flux-dev-4x")
+
+
+def test_plot_series_join_one_variant_across_costs():
+    from ralu.eval.report import series_label
+
+    assert {series_label(s) for s in ("flux-dev-4x", "flux-dev-7x", "ralu:1,1,2:0.3,0.45:0.3")} == {"RALU"}
+    assert series_label("flux-dev-5x@solver=unipc") == series_label("flux-dev-7x@solver=unipc") == "RALU @solver=unipc"
+    assert series_label("steps:11") == series_label("steps:6") != series_label("unipc:6")
+    assert series_label("flux-dev-4x@solver=ab2+teacache=0.3") == "RALU @solver=ab2 +teacache=0.3"
+    assert series_label("hires:5:0.3:10") == "hires-fix" and series_label("baseline:50") == "baseline"

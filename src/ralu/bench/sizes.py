@@ -81,7 +81,7 @@ def run(work: Path, prompts: int = 128, sizes=SIZES, presets=PRESETS, guidance: 
             resized = _resize(images, 64)
             made = features(resized)
             fid, fid_se = stats.fid(made, truth_features)
-            kid, kid_se = stats.kid(made, truth_features, subset_size=max(2, min(prompts // 2, 100)))
+            kid, kid_se = stats.kid_jackknife(made, truth_features)
             cost = schedule_cost(method, full, config, toy.MAX_WORDS).total
             row[label] = dict(readback=stats.mean_se([c["all"] for c in checks]),
                               shape=stats.mean_se([c["shape"] for c in checks]), fid=fid, fid_se=fid_se, kid=kid,
@@ -135,8 +135,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="folder for sizes.md and sizes.json (default: print only)")
     args = parser.parse_args(argv)
-    if any(s % 8 or s <= 0 for s in args.sizes) or args.prompts < 2:
-        parser.error("--sizes must be positive multiples of 8 px and --prompts >= 2")
+    if any(s % 8 or s <= 0 for s in args.sizes) or args.prompts < 4:
+        parser.error("--sizes must be positive multiples of 8 px and --prompts >= 4 (FID and KID with its jackknife "
+                     "SE need that many images per method)")
     record = dict(command="ralu bench sizes " + " ".join(sys.argv[1:] if argv is None else argv), prompts=args.prompts,
                   results=run(Path(tempfile.gettempdir()), args.prompts, args.sizes, threads=args.threads))
     text = markdown(record)

@@ -67,9 +67,26 @@ def markdown(summary: dict, title: str = "Evaluation", columns: Sequence[str] | 
     return "\n".join(lines) + "\n"
 
 
+SERIES = {"baseline": "baseline", "steps": "step cut (Euler)", "unipc": "step cut (UniPC)", "dpm": "step cut (DPM++)",
+          "hires": "hires-fix", "naive": "naive upsampling", "plan": "RALU planner", "ralu": "RALU"}
+
+
+def series_label(spec: str) -> str:
+    """The plot series a method spec belongs to: its kind (a preset is "RALU"), with its @options and +cache,
+    so that one variant at several costs draws one line."""
+    core, at, options = spec.partition("@")
+    core, plus, cache = core.partition("+")
+    if at:
+        options, plus2, cache2 = options.partition("+")
+        plus, cache = plus or plus2, cache or cache2
+    label = SERIES.get(core.partition(":")[0], "RALU")
+    return label + (f" @{options}" if at else "") + (f" +{cache}" if plus else "")
+
+
 def plot(summary: dict, path: Path, keys: Sequence[str], groups: dict[str, str] | None = None,
          title: str = "quality vs speedup") -> Path:
-    """Quality-vs-speedup scatter, one panel per metric; ``groups`` maps a method to its series label."""
+    """Quality-vs-speedup scatter, one panel per metric; ``groups`` maps a method to its series label
+    (default: :func:`series_label`); the legend sits right of the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,7 +111,7 @@ def plot(summary: dict, path: Path, keys: Sequence[str], groups: dict[str, str] 
                 if not entry or entry["n"] == 0:
                     continue
                 y, err = entry["mean"], entry["se"] if math.isfinite(entry["se"]) else 0.0
-            series.setdefault(groups.get(name, name), []).append((m["speedup"], y, 2 * err, name))
+            series.setdefault(groups.get(name) or series_label(name), []).append((m["speedup"], y, 2 * err, name))
         for label, points in series.items():
             points.sort()
             xs, ys, es = [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
@@ -102,11 +119,12 @@ def plot(summary: dict, path: Path, keys: Sequence[str], groups: dict[str, str] 
         ax.set_xlabel("FLOPs speedup (x)")
         ax.set_ylabel(key.replace("set:", ""))
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
