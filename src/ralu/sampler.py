@@ -102,8 +102,8 @@ class _Run:
         stage = self.stages[k]
         start = time.perf_counter() - extra_seconds
         prepared = self.adapter.prepare_positions(positions, grid, stage.resolution)
-        sigmas = torch.tensor(stage.sigmas, dtype=torch.float32, device=x.device)
         solver = StageSolver(self.solver, stage.sigmas, x.device)
+        sigmas = solver.grid  # float32 σs on the device, as the stock scheduler's
         first = sum(s.steps for s in self.stages[:k])
         bad = torch.zeros(stage.steps, dtype=torch.bool, device=x.device)  # read once, at the stage's end
         denoised = x

@@ -166,7 +166,7 @@ def summarise(methods: dict, times: dict, flops: dict, once: LatencyModel, per_r
 def in_run_calls(config, stage_seconds: list, per_rep: list[LatencyModel], full: int) -> list[dict]:
     """Per stage: seconds per call inside the sampler (stage time / calls, RALU's own work between the calls
     included) against the same repetition's calibrated call at that token count; medians over repetitions."""
-    steps = config.steps if isinstance(config, RALUConfig) else (config.steps,)
+    steps = [stage.steps for stage in config.stages]
     out = []
     for k, (n, tokens) in enumerate(zip(steps, config.tokens_per_stage(full))):
         in_run = [seconds[k] / n for seconds in stage_seconds]

@@ -14,15 +14,15 @@ from ..layout import MixedLayout, downsample_tokens, grid_positions, low_positio
 from ..noise import Generator
 from ..sampler import _renoise
 from ..schedule import Stage, stage_sigmas
+from ..solvers import StageSolver
 
 
 def _euler(adapter, x: torch.Tensor, positions: torch.Tensor, grid: tuple[int, int], sigmas, resolution: str):
     """Plain Euler steps over ``sigmas`` (float32 update, as the sampler's)."""
     prepared = adapter.prepare_positions(positions.expand(x.shape[0], -1, -1), grid, resolution)
-    sig = torch.tensor(tuple(float(s) for s in sigmas), dtype=torch.float32, device=x.device)
-    for i in range(len(sig) - 1):
-        v = adapter.velocity(x, prepared, sig[i])
-        x = (x.float() + (sig[i + 1] - sig[i]) * v.float()).to(x.dtype)
+    solver = StageSolver("euler", sigmas, x.device)
+    for i in range(len(solver.sigmas) - 1):
+        x = solver.step(i, x, adapter.velocity(x, prepared, solver.grid[i]))
     return x
 
 

@@ -126,12 +126,17 @@ def score(out: Path, metric_names: Sequence[str], reference: str | None = None,
     return summary
 
 
+def _matched(first: Sequence[dict], second: Sequence[dict]) -> list[tuple[dict, dict]]:
+    """(first's row, second's row) for every prompt and seed both have, in first's order."""
+    index = {(r["prompt_index"], r["seed"]): r for r in second}
+    return [(r, index[(r["prompt_index"], r["seed"])]) for r in first if (r["prompt_index"], r["seed"]) in index]
+
+
 def _paired_kid(out: Path, first: Sequence[dict], second: Sequence[dict], features, cache: dict) -> dict | None:
     """KID(first, truth) − KID(second, truth) over the prompts and seeds both have, jackknife SE
     (:func:`ralu.eval.stats.kid_difference`); None without a rendered truth or with fewer than
     SET_MINIMUM matched images. ``cache`` keeps each image's (and truth's) features between pairs."""
-    index = {(r["prompt_index"], r["seed"]): r for r in second}
-    matched = [(r, index[(r["prompt_index"], r["seed"])]) for r in first if (r["prompt_index"], r["seed"]) in index]
+    matched = _matched(first, second)
     if len(matched) < SET_MINIMUM:
         return None
 
@@ -203,8 +208,7 @@ def summarise(rows: Sequence[dict], methods: Sequence[str], reference: str, set_
         out["methods"][m] = entry
     out["pairs"] = []
     for a, b in pairs:
-        index = {(r["prompt_index"], r["seed"]): r for r in by_method[b]}
-        matched = [(r, index[(r["prompt_index"], r["seed"])]) for r in by_method[a] if (r["prompt_index"], r["seed"]) in index]
+        matched = _matched(by_method[a], by_method[b])
         diffs = {k: stats.paired_difference([_number(x.get("scores", {}).get(k)) for x, _ in matched],
                                             [_number(y.get("scores", {}).get(k)) for _, y in matched]) for k in keys}
         diffs.update((pair_sets or {}).get((a, b), {}))
