@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ralu.eval import generate, methods, prompts, score, stats
@@ -19,7 +20,7 @@ from ralu.eval.runners import PipelineRunner, ToyRunner
 
 pytestmark = pytest.mark.slow  # pipelines run end to end: in make test, not make test-fast
 
-METHODS = ["baseline:4", "steps:2", "ralu:1,1,2:0.3,0.45:0.3", "unipc:2", "hires:1:0.3:2"]
+METHODS = ["baseline:4", "steps:2", "ralu:1,1,2:0.3,0.45:0.3", "unipc:2", "hires:1:0.3:2", "mrflow:3:0.3:1"]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,7 @@ def test_manifest_has_one_row_per_image_with_cost_and_versions(toy_run):
     assert ralu["model_calls"] == 4 and ralu["flops"] == pytest.approx(
         2 * (spec.call_flops(64) + spec.call_flops(64 - 19 + 4 * 19) + 2 * spec.call_flops(256)))
     assert by["hires:1:0.3:2"]["flops"] == pytest.approx(2 * (spec.call_flops(64) + 2 * spec.call_flops(256)))
+    assert by["mrflow:3:0.3:1"]["flops"] == pytest.approx(2 * (3 * spec.call_flops(64) + spec.call_flops(256)))
     for r in rows:
         with Image.open(out / r["path"]) as image:
             assert image.size == (64, 64)
@@ -72,6 +74,24 @@ def test_every_caption_gets_its_own_noise_and_every_method_the_same(toy_run):
     (right, wrong), _ = runner.generate(methods.parse(row["method"]), [row["prompt"]] * 2,
                                         [row["noise_seed"], row["seed"]])
     assert np.abs(right.astype(int) - saved).max() <= 3 and np.abs(wrong.astype(int) - saved).mean() > 10
+
+
+def test_the_mrflow_method_runs_the_refine_recipe(toy_run):
+    """The runner hands mrflow:N1:S:N3 to the refine recipe (not to the hires-fix one), with the image's noise."""
+    from ralu.demo import model as toy
+    from ralu.demo.images import to_uint8
+    from ralu.eval.alternatives import refine_sample
+
+    out, runner = toy_run
+    row = next(r for r in _rows(out) if r["method"] == "mrflow:3:0.3:1" and r["prompt_index"] == 1)
+    saved = np.asarray(Image.open(out / row["path"])).astype(int)
+    grid, seeds = toy.token_grid(64), [row["noise_seed"]]
+    with torch.no_grad():
+        adapter = runner.model.adapter([row["prompt"]], runner.guidance, grid)
+        tokens = refine_sample(adapter, toy.initial_noise(seeds, 64), grid, 3, 0.3, 1, toy.BASE_SHIFT,
+                               toy.renoise_generators(seeds))
+    image = to_uint8(toy.decode_tokens(tokens, grid))[0].astype(int)
+    assert np.abs(image - saved).max() <= 3  # a batch of 4 against one: float sums round differently
 
 
 def test_a_rerun_generates_nothing_and_a_lost_image_comes_back_identical(toy_run):

@@ -25,6 +25,8 @@ def test_method_kinds():
     assert methods.parse("unipc:12").solver == "unipc" and methods.parse("unipc:12").toy_only
     hires = methods.parse("hires:5:0.3:9")
     assert hires.two_stage == methods.TwoStage(5, 0.3, 9, True) and not methods.parse("naive:5:0.3:9").two_stage.renoise
+    refine = methods.parse("mrflow:40:0.3:1")
+    assert refine.two_stage == methods.TwoStage(40, 1.0, 1, False, refine=0.3) and refine.toy_only
     assert methods.parse("plan:5").plan_target == 5.0
     assert methods.parse("flux-dev-4x+teacache").slug == "flux-dev-4x_teacache"
 
@@ -36,6 +38,8 @@ def test_method_kinds():
     ("flux-dev-4x+turbo", r"cache suffix must be one of"),
     ("ralu:5,6:0.3,0.45:0.3", r"three step counts and two stage ends"),
     ("hires:5:1.5:9", r"E1 must be in \(0, 1\)"),
+    ("mrflow:40:1:1", r"S \(the refinement's noise level\) must be in \(0, 1\)"),
+    ("mrflow:40:0.3", r"write mrflow:N1:S:N3"),
     ("steps:10@up_ratio=0.2", r"@options apply to RALU schedules only"),
     ("flux-dev-4x@colour=red", r"options after @ must be FIELD=VALUE"),
     ("flux-dev-4x@noise_downsample=mean", r"noise_downsample must be one of"),
@@ -97,3 +101,4 @@ def test_plot_series_join_one_variant_across_costs():
     assert series_label("steps:11") == series_label("steps:6") != series_label("unipc:6")
     assert series_label("flux-dev-4x@solver=ab2+teacache=0.3") == "RALU @solver=ab2 +teacache=0.3"
     assert series_label("hires:5:0.3:10") == "hires-fix" and series_label("baseline:50") == "baseline"
+    assert series_label("mrflow:40:0.3:1") == "MrFlow (refine)"

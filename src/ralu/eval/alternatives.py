@@ -1,5 +1,6 @@
 """Same-cost alternatives to RALU that run through any sampler adapter: a higher-order flow solver
-and the two-stage "hires-fix" family (Bottleneck Sampling, MrFlow), with and without renoising.
+the two-stage "hires-fix" family (Bottleneck Sampling), with and without renoising, and MrFlow's
+whole-image-then-refine recipe.
 
 They reuse the sampler's building blocks (noise downsampling, token upsampling, correlated renoising)
 so that only the method differs from RALU, not the plumbing.
@@ -11,7 +12,7 @@ import torch
 
 from ..config import RALUConfig
 from ..layout import MixedLayout, downsample_tokens, grid_positions, low_positions, upsample_tokens
-from ..noise import Generator
+from ..noise import Generator, randn
 from ..sampler import _renoise
 from ..schedule import Stage, stage_sigmas
 from ..solvers import StageSolver
@@ -89,3 +90,29 @@ def two_stage_sample(adapter, noise: torch.Tensor, grid: tuple[int, int], low_st
             x, positions = everything.to_raster(upsample_tokens(x, variant.upsample), x[:, :0])
             sigmas = stage_sigmas(end, 1.0, full_steps, base_shift)
         return _euler(adapter, x, positions[:1], grid, sigmas, "full")
+
+
+def refine_sample(adapter, noise: torch.Tensor, grid: tuple[int, int], low_steps: int, sigma: float,
+                  full_steps: int, base_shift: float, generator: Generator = None,
+                  reference: RALUConfig | None = None) -> torch.Tensor:
+    """MrFlow's recipe: a whole image at half resolution, every token upsampled, fresh noise up to ``sigma``
+    (``x = (1-σ)·U(x0) + σ·ε``), then ``full_steps`` at full resolution from σ to 0.
+
+    MrFlow (arXiv 2607.01642) upscales the decoded image with a super-resolution network and re-encodes
+    it; here the latent's own upsampling operator stands in for that (on the toy's pixel latent it is
+    pixel replication). The half-resolution noise is the full-resolution noise downsampled as in RALU's
+    first stage, so that every method starts from the same noise. Returns clean tokens (B, h·w, D).
+    """
+    variant = reference or RALUConfig.preset("flux-dev-4x")
+    if not 0 < sigma < 1:
+        raise ValueError(f"sigma must be in (0, 1), got {sigma}")
+    low_grid = (grid[0] // 2, grid[1] // 2)
+    x = downsample_tokens(noise, grid, variant.noise_downsample)
+    with adapter.session():
+        x = _euler(adapter, x, low_positions(low_grid, "corner", x.device)[None], low_grid,
+                   stage_sigmas(0.0, 1.0, low_steps, base_shift), "low")
+        everything = MixedLayout.from_selection(torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device), low_grid)
+        x, positions = everything.to_raster(upsample_tokens(x, variant.upsample), x[:, :0])
+        fresh = randn(tuple(x.shape), generator, x.device, torch.float32)
+        x = ((1.0 - sigma) * x.float() + sigma * fresh).to(x.dtype)
+        return _euler(adapter, x, positions[:1], grid, stage_sigmas(1.0 - sigma, 1.0, full_steps, base_shift), "full")

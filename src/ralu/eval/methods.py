@@ -6,7 +6,9 @@
   planner's schedule for a X-times speedup at the run's model and size);
 - on the toy model also: ``unipc:N`` / ``dpm:N`` (a higher-order flow solver from diffusers with N
   steps), ``hires:N1:E1:N3`` (half resolution to progress E1, everything upsampled and renoised onto the
-  flow path, N3 full-resolution steps), ``naive:N1:E1:N3`` (the same without renoising);
+  flow path, N3 full-resolution steps), ``naive:N1:E1:N3`` (the same without renoising),
+  ``mrflow:N1:S:N3`` (MrFlow: a whole half-resolution image in N1 steps, upsampled, fresh noise to σ = S,
+  N3 full-resolution steps);
 - options after ``@``: RALUConfig fields, ``flux-dev-4x@noise_downsample=nearest,up_ratio=0.2``;
 - cache suffixes: ``+teacache[=δ]``, ``+fbc[=δ]`` (diffusers' FirstBlockCache), ``+taylorseer[=interval]``.
 """
@@ -32,12 +34,15 @@ class CacheSpec:
 @dataclass(frozen=True)
 class TwoStage:
     """Half resolution for ``low_steps`` to progress ``end``, then every token upsampled and
-    ``full_steps`` at full resolution; ``renoise`` puts the upsampled latent back on the flow path."""
+    ``full_steps`` at full resolution; ``renoise`` puts the upsampled latent back on the flow path.
+    ``refine``: MrFlow's recipe instead, the half-resolution image finished (``end`` = 1) and fresh
+    noise added up to σ = ``refine`` before the full-resolution steps."""
 
     low_steps: int
     end: float
     full_steps: int
     renoise: bool
+    refine: float | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,15 @@ def parse(spec: str) -> Method:
             raise ValueError(f"method {spec!r}: E1 must be in (0, 1), got {end}")
         stage = TwoStage(_int(parts[0], "N1"), end, _int(parts[2], "N3"), renoise=head == "hires")
         return Method(spec, "two_stage", two_stage=stage, cache=cache)
+    if head == "mrflow":
+        only_ralu_options()
+        if len(parts) != 3:
+            raise ValueError(f"method {spec!r}: write mrflow:N1:S:N3")
+        sigma = _float(parts[1], "S")
+        if not 0 < sigma < 1:
+            raise ValueError(f"method {spec!r}: S (the refinement's noise level) must be in (0, 1), got {sigma}")
+        stage = TwoStage(_int(parts[0], "N1"), 1.0, _int(parts[2], "N3"), renoise=False, refine=sigma)
+        return Method(spec, "two_stage", two_stage=stage, cache=cache)
     if head == "plan":
         if len(parts) != 1:
             raise ValueError(f"method {spec!r}: write plan:X, X the target speedup")
@@ -156,7 +170,7 @@ def parse(spec: str) -> Method:
         raise ValueError(f"method {spec!r}: unknown method kind {head!r}")
     if head not in RALUConfig.PRESETS:
         raise ValueError(f"method must be baseline:N, steps:N, a preset ({', '.join(sorted(RALUConfig.PRESETS))}), "
-                         f"ralu:N1,N2,N3:E1,E2:R, plan:X, unipc:N, dpm:N, hires:N1:E1:N3 or naive:N1:E1:N3, "
+                         f"ralu:N1,N2,N3:E1,E2:R, plan:X, unipc:N, dpm:N, hires:N1:E1:N3, naive:N1:E1:N3 or mrflow:N1:S:N3, "
                          f"optionally with @FIELD=VALUE and +teacache/+fbc/+taylorseer; got {spec!r}")
     return Method(spec, "ralu", RALUConfig.preset(head, **options).replace(name=body), cache=cache)
 

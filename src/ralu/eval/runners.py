@@ -166,7 +166,7 @@ class ToyRunner:
 
     def generate(self, method: Method, prompts: Sequence[str], seeds: Sequence[int]) -> tuple[list[np.ndarray], dict]:
         from ..demo.images import to_uint8
-        from .alternatives import solver_sample, two_stage_sample
+        from .alternatives import refine_sample, solver_sample, two_stage_sample
 
         toy, h = self.toy, self.size[0]
         counter = CallCounter(self.model.transformer)
@@ -192,8 +192,12 @@ class ToyRunner:
                         calls, stages = method.steps, [(method.steps, grid[0] * grid[1])]
                     else:
                         two = method.two_stage
-                        tokens = two_stage_sample(adapter, noise, grid, two.low_steps, two.end, two.full_steps,
-                                                  toy.BASE_SHIFT, two.renoise, toy.renoise_generators(seeds))
+                        if two.refine is not None:
+                            tokens = refine_sample(adapter, noise, grid, two.low_steps, two.refine, two.full_steps,
+                                                   toy.BASE_SHIFT, toy.renoise_generators(seeds))
+                        else:
+                            tokens = two_stage_sample(adapter, noise, grid, two.low_steps, two.end, two.full_steps,
+                                                      toy.BASE_SHIFT, two.renoise, toy.renoise_generators(seeds))
                         calls = two.low_steps + two.full_steps
                         stages = [(two.low_steps, grid[0] * grid[1] // 4), (two.full_steps, grid[0] * grid[1])]
                     images = toy.decode_tokens(tokens, grid)
