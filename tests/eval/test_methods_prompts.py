@@ -101,4 +101,5 @@ def test_plot_series_join_one_variant_across_costs():
     assert series_label("steps:11") == series_label("steps:6") != series_label("unipc:6")
     assert series_label("flux-dev-4x@solver=ab2+teacache=0.3") == "RALU @solver=ab2 +teacache=0.3"
     assert series_label("hires:5:0.3:10") == "hires-fix" and series_label("baseline:50") == "baseline"
-    assert series_label("mrflow:40:0.3:1") == "MrFlow (refine)"
+    assert series_label("mrflow:40:0.3:1") == "MrFlow (refine), S=0.3" != series_label("mrflow:40:0.4:1")
+    assert series_label("mrflow:40:0.3:1") == series_label("mrflow:20:0.3:1")

@@ -13,7 +13,8 @@ about 4x, 5x and 7x fewer than 50 steps), each matched on the cost model:
 - ``hires:N1:E1:N3``: half resolution to the preset's first stage end, then everything upsampled and
   renoised onto the flow path (stage shifts and Z from NT-DM), then N3 full-resolution steps (the
   two-stage family of Bottleneck Sampling and MrFlow, made exact); ``naive:N1:E1:N3``: the same
-  without renoising. Both start from RALU's stage-1 noise;
+  without renoising. Both start from RALU's stage-1 noise; ``mrflow:N1:S:1``: MrFlow's recipe, a whole
+  half-resolution image, upsampled, fresh noise to σ = S and one full-resolution step;
 - RALU with TeaCache at one operating point, the planner's picks for 3x-8x, and single-field variants
   of the presets: the paper's stage-1 noise (``noise_downsample=nearest``), edge scores from the latent
   (``region_source=latent``) and a second-order solver inside each stage (``solver=dpmpp2m``, ``ab2``,
@@ -47,6 +48,7 @@ PRESETS = ("flux-dev-4x", "flux-dev-5x", "flux-dev-7x")
 PLANNED = (3.0, 4.0, 5.0, 6.0, 8.0)
 BASELINE = "baseline:50"
 METRICS = ("toy_readback", "toy_edges", "toy_fid", "psnr", "ssim")
+MRFLOW_SIGMA = 0.4  # where MrFlow's one full-resolution step starts: the better of 0.2 and 0.4 on KID (docs/mrflow.md)
 DEFAULT_VARIANTS = ("noise_downsample=nearest", "region_source=latent", "solver=dpmpp2m", "solver=ab2",
                     "solver=unipc")
 
@@ -66,6 +68,15 @@ def _two_stage_for(runner: ToyRunner, preset: RALUConfig, flops: float) -> tuple
     return preset.steps[0], preset.ends[0], max(1, round((flops - low) / per_full))
 
 
+def _refine_for(runner: ToyRunner, flops: float, full_steps: int = 1) -> int:
+    """N1 of MrFlow's recipe: the half-resolution steps that, with ``full_steps`` at full resolution, come
+    closest to ``flops``."""
+    spec = runner.spec
+    full = spec.image_tokens(*runner.size)
+    per_low, per_full = (runner.branches * spec.call_flops(n) for n in (full // 4, full))
+    return max(1, round((flops - full_steps * per_full) / per_low))
+
+
 def method_list(runner: ToyRunner, variants=DEFAULT_VARIANTS, quick: bool = False):
     """The methods, their plot series, the paired comparisons and the cost level of each."""
     specs, series, pairs, level = [BASELINE], {BASELINE: "baseline 50"}, [], {BASELINE: "baseline"}
@@ -76,7 +87,8 @@ def method_list(runner: ToyRunner, variants=DEFAULT_VARIANTS, quick: bool = Fals
         n1, e1, n3 = _two_stage_for(runner, preset, flops)
         preset_spec = name if not quick else f"ralu:{','.join(map(str, preset.steps))}:{preset.ends[0]},{preset.ends[1]}:{preset.up_ratio}"
         group = [(preset_spec, "RALU presets"), (f"steps:{n}", "step cut (Euler)"), (f"unipc:{n}", "step cut (UniPC)"),
-                 (f"hires:{n1}:{e1}:{n3}", "hires-fix (renoised)"), (f"naive:{n1}:{e1}:{n3}", "naive upsampling")]
+                 (f"hires:{n1}:{e1}:{n3}", "hires-fix (renoised)"), (f"naive:{n1}:{e1}:{n3}", "naive upsampling"),
+                 (f"mrflow:{_refine_for(runner, flops)}:{MRFLOW_SIGMA:g}:1", "MrFlow (refine)")]
         for spec, label in group:
             if spec not in specs:
                 specs.append(spec)

@@ -80,7 +80,10 @@ def series_label(spec: str) -> str:
     if at:
         options, plus2, cache2 = options.partition("+")
         plus, cache = plus or plus2, cache or cache2
-    label = SERIES.get(core.partition(":")[0], "RALU")
+    head, _, rest = core.partition(":")
+    label = SERIES.get(head, "RALU")
+    if head == "mrflow" and rest.count(":") == 2:  # one series per refinement noise level, across costs
+        label += f", S={rest.split(':')[1]}"
     return label + (f" @{options}" if at else "") + (f" +{cache}" if plus else "")
 
 
