@@ -12,7 +12,7 @@ about 4x, 5x and 7x fewer than 50 steps), each matched on the cost model:
   diffusers' UniPC (order 2, flow sigmas) with as many steps;
 - ``hires:N1:E1:N3``: half resolution to the preset's first stage end, then everything upsampled and
   renoised onto the flow path (stage shifts and Z from NT-DM), then N3 full-resolution steps (the
-  two-stage family of Bottleneck Sampling and MrFlow, made exact); ``naive:N1:E1:N3``: the same
+  two-stage family of Bottleneck Sampling, made exact); ``naive:N1:E1:N3``: the same
   without renoising. Both start from RALU's stage-1 noise; ``mrflow:N1:S:1``: MrFlow's recipe, a whole
   half-resolution image, upsampled, fresh noise to σ = S and one full-resolution step;
 - RALU with TeaCache at one operating point, the planner's picks for 3x-8x, and single-field variants

@@ -1,4 +1,4 @@
-"""Same-cost alternatives to RALU that run through any sampler adapter: a higher-order flow solver
+"""Same-cost alternatives to RALU that run through any sampler adapter: a higher-order flow solver,
 the two-stage "hires-fix" family (Bottleneck Sampling), with and without renoising, and MrFlow's
 whole-image-then-refine recipe.
 
