@@ -69,7 +69,8 @@ def markdown(summary: dict, title: str = "Evaluation", columns: Sequence[str] | 
 
 SERIES = {"baseline": "baseline", "steps": "step cut (Euler)", "unipc": "step cut (UniPC)", "dpm": "step cut (DPM++)",
           "hires": "hires-fix", "naive": "naive upsampling",
-          "mrflow": "MrFlow (refine)", "plan": "RALU planner", "ralu": "RALU"}
+          "mrflow": "MrFlow (refine)", "plan": "RALU planner",
+          "ralu": "RALU (custom schedules)"}  # a preset name falls through to "RALU"
 
 
 def series_label(spec: str) -> str:
