@@ -133,23 +133,18 @@ def parse(spec: str) -> Method:
         if len(parts) != 1:
             raise ValueError(f"method {spec!r}: write {head}:N")
         return Method(spec, "solver", solver=head, steps=_int(parts[0], f"{head} steps"), cache=cache)
-    if head in ("hires", "naive"):
+    if head in ("hires", "naive", "mrflow"):
         only_ralu_options()
+        middle = "S" if head == "mrflow" else "E1"
         if len(parts) != 3:
-            raise ValueError(f"method {spec!r}: write {head}:N1:E1:N3")
-        end = _float(parts[1], "E1")
-        if not 0 < end < 1:
-            raise ValueError(f"method {spec!r}: E1 must be in (0, 1), got {end}")
-        stage = TwoStage(_int(parts[0], "N1"), end, _int(parts[2], "N3"), renoise=head == "hires")
-        return Method(spec, "two_stage", two_stage=stage, cache=cache)
-    if head == "mrflow":
-        only_ralu_options()
-        if len(parts) != 3:
-            raise ValueError(f"method {spec!r}: write mrflow:N1:S:N3")
-        sigma = _float(parts[1], "S")
-        if not 0 < sigma < 1:
-            raise ValueError(f"method {spec!r}: S (the refinement's noise level) must be in (0, 1), got {sigma}")
-        stage = TwoStage(_int(parts[0], "N1"), 1.0, _int(parts[2], "N3"), renoise=False, refine=sigma)
+            raise ValueError(f"method {spec!r}: write {head}:N1:{middle}:N3")
+        value = _float(parts[1], middle)
+        if not 0 < value < 1:
+            what = "S (the refinement's noise level)" if head == "mrflow" else "E1"
+            raise ValueError(f"method {spec!r}: {what} must be in (0, 1), got {value}")
+        n1, n3 = _int(parts[0], "N1"), _int(parts[2], "N3")
+        stage = (TwoStage(n1, 1.0, n3, renoise=False, refine=value) if head == "mrflow"
+                 else TwoStage(n1, value, n3, renoise=head == "hires"))
         return Method(spec, "two_stage", two_stage=stage, cache=cache)
     if head == "plan":
         if len(parts) != 1:
