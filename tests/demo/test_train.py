@@ -59,6 +59,9 @@ def test_training_saves_a_loadable_model_and_resumes_exactly(tmp_path):
     # an interrupted run (stopped after its step-2 checkpoint) resumed from the checkpoint
     first = train.train(tmp_path / "split", **kwargs, stop_before=2)
     assert first["stopped_at"] == 2
+    # resumed and stopped at once (how a killed background run is saved): the weights and the log's loss are kept
+    again = train.train(tmp_path / "split", **kwargs, resume=True, stop_before=2)
+    assert again["stopped_at"] == 2 and again["final_loss"] == first["log"][-1]["loss"] and again["log"] == first["log"]
     resumed = train.train(tmp_path / "split", **kwargs, resume=True)
     assert [e["loss"] for e in resumed["log"]] == [e["loss"] for e in whole["log"]]
     a, b = toy.load_toy(tmp_path / "whole"), toy.load_toy(tmp_path / "split")

@@ -112,7 +112,8 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
     earlier record is kept under ``previous``); ``resume`` continues ``out/checkpoint`` exactly.
     ``width`` overrides the transformer's width (heads of 32 channels) of a fresh model.
     ``max_minutes`` stops early, saving what there is (``stopped_at`` in the record); ``stop_before``
-    stops before that step, deterministically. ``autocast``: bfloat16 autocast; None (default) uses
+    stops before that step, deterministically. ``final_loss`` in the record is the mean loss of the last 100
+    steps; a resumed run that stops before training a step reports its log's last entry. ``autocast``: bfloat16 autocast; None (default) uses
     it where the CPU has bf16 instructions (:func:`~ralu.demo.model.bf16_is_fast`).
     """
     autocast = bf16_is_fast() if autocast is None else autocast
@@ -184,7 +185,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         architecture=model.architecture, transformer=dict(model.transformer.config),
         parameters=dict(transformer=sum(p.numel() for p in model.transformer.parameters()),
                         text_encoder=sum(p.numel() for p in model.text_encoder.parameters())),
-        final_loss=round(sum(losses[-100:]) / max(1, len(losses[-100:])), 5) if losses else None,
+        final_loss=round(sum(losses[-100:]) / len(losses[-100:]), 5) if losses else (log[-1]["loss"] if log else None),
         wall_seconds=round(time.perf_counter() - start, 1), host=host(),
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), log=log, previous=previous)
     (out / "training.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
