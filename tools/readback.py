@@ -1,0 +1,46 @@
+"""The toy judge's own test: its 50-step baseline's prompt read-back on held-out captions.
+
+    python tools/readback.py MODEL_DIR [CAPTIONS=64] [STEPS=50] [THREADS=1]
+
+Captions are ``ralu.eval.prompts.toy_prompts(CAPTIONS)`` (held out from training); image i uses seed i,
+guidance 3 (the demo's and the benchmarks' default). Prints the share of captions passing
+``check_prompt`` overall and per check (colour, shape, relation), each ± 2 SE. The numbers in
+``src/ralu/data/toy/training.json`` ("note") and docs/verdict.md ("Toy weights") come from
+``python tools/readback.py src/ralu/data/toy 128 50 2``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from ralu import Baseline
+from ralu.demo.model import DEFAULT_GUIDANCE, generate, load_toy
+from ralu.demo.shapes import check_prompt, parse_caption
+from ralu.eval.prompts import toy_prompts
+
+
+def main(argv: list[str]) -> int:
+    folder = argv[0]
+    count, steps, threads = (int(a) for a in (argv[1:] + ["64", "50", "1"][len(argv) - 1:])[:3])
+    torch.set_num_threads(threads)
+    model = load_toy(folder)
+    captions = [p.text for p in toy_prompts(count)]
+    rows = []
+    for i in range(0, count, 32):
+        batch = captions[i:i + 32]
+        images, _ = generate(model, batch, list(range(i, i + len(batch))), Baseline(steps), DEFAULT_GUIDANCE)
+        pictures = (images.permute(0, 2, 3, 1).numpy() + 1) / 2
+        rows += [check_prompt(p, parse_caption(c)) for p, c in zip(pictures, batch)]
+    parts = []
+    for key in ("all", "colour", "shape", "relation"):
+        values = np.array([r[key] for r in rows if r[key] is not None], dtype=float)
+        parts.append(f"{key} {values.mean():.3f} ± {2 * values.std(ddof=1) / np.sqrt(len(values)):.3f}")
+    print(f"{folder}: {count} captions, {steps} steps: " + ", ".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
