@@ -53,6 +53,17 @@ def solver_sample(adapter, noise: torch.Tensor, grid: tuple[int, int], steps: in
     return x
 
 
+def _half_resolution(adapter, noise: torch.Tensor, grid: tuple[int, int], sigmas, variant: RALUConfig):
+    """The first part of every two-stage recipe: the full-resolution noise downsampled as in RALU's first
+    stage, Euler over ``sigmas`` on the half grid. Returns the half-resolution tokens and the layout that
+    upsamples all of them (call inside ``adapter.session()``)."""
+    low_grid = (grid[0] // 2, grid[1] // 2)
+    x = downsample_tokens(noise, grid, variant.noise_downsample)
+    x = _euler(adapter, x, low_positions(low_grid, "corner", x.device)[None], low_grid, sigmas, "low")
+    everything = MixedLayout.from_selection(torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device), low_grid)
+    return x, everything
+
+
 def two_stage_sample(adapter, noise: torch.Tensor, grid: tuple[int, int], low_steps: int, end: float,
                      full_steps: int, base_shift: float, renoise: bool, generator: Generator = None,
                      reference: RALUConfig | None = None) -> torch.Tensor:
@@ -67,16 +78,12 @@ def two_stage_sample(adapter, noise: torch.Tensor, grid: tuple[int, int], low_st
     from ..ntdm import solve_ntdm
 
     variant = reference or RALUConfig.preset("flux-dev-4x")
-    low_grid = (grid[0] // 2, grid[1] // 2)
-    x = downsample_tokens(noise, grid, variant.noise_downsample)
     if renoise:
         (h_low, h_full), ratio = solve_ntdm((low_steps, full_steps), (end, 1.0), base_shift)
     else:
         h_low = h_full = base_shift
     with adapter.session():
-        x = _euler(adapter, x, low_positions(low_grid, "corner", x.device)[None], low_grid,
-                   stage_sigmas(0.0, end, low_steps, h_low), "low")
-        everything = MixedLayout.from_selection(torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device), low_grid)
+        x, everything = _half_resolution(adapter, noise, grid, stage_sigmas(0.0, end, low_steps, h_low), variant)
         if renoise:
             config = variant.replace(noise_ratio=ratio, shifts=(h_low, h_full, h_full), base_shift=base_shift,
                                      solved_shift=None)
@@ -106,12 +113,8 @@ def refine_sample(adapter, noise: torch.Tensor, grid: tuple[int, int], low_steps
     variant = reference or RALUConfig.preset("flux-dev-4x")
     if not 0 < sigma < 1:
         raise ValueError(f"sigma must be in (0, 1), got {sigma}")
-    low_grid = (grid[0] // 2, grid[1] // 2)
-    x = downsample_tokens(noise, grid, variant.noise_downsample)
     with adapter.session():
-        x = _euler(adapter, x, low_positions(low_grid, "corner", x.device)[None], low_grid,
-                   stage_sigmas(0.0, 1.0, low_steps, base_shift), "low")
-        everything = MixedLayout.from_selection(torch.zeros(x.shape[0], 0, dtype=torch.long, device=x.device), low_grid)
+        x, everything = _half_resolution(adapter, noise, grid, stage_sigmas(0.0, 1.0, low_steps, base_shift), variant)
         x, positions = everything.to_raster(upsample_tokens(x, variant.upsample), x[:, :0])
         fresh = randn(tuple(x.shape), generator, x.device, torch.float32)
         x = ((1.0 - sigma) * x.float() + sigma * fresh).to(x.dtype)
