@@ -52,6 +52,16 @@ MUTATIONS = (
     Mutation("the toy's training target with its sign flipped", "src/ralu/demo/train.py",
              "return F.mse_loss(v.float(), noise - x0)", "return F.mse_loss(v.float(), x0 - noise)",
              ("tests/demo/test_train.py",), True),
+    # toy training's data and device
+    Mutation("a resumed run's batches restarting from step 0", "src/ralu/demo/train.py",
+             "sampler=range(first, steps)", "sampler=range(steps)", ("tests/demo/test_train.py",)),
+    Mutation("training batch sizes swapped between even and odd steps", "src/ralu/demo/train.py",
+             "size = RESOLUTION if step % 2 == 0 else RESOLUTION // 2",
+             "size = RESOLUTION if step % 2 == 1 else RESOLUTION // 2", ("tests/demo/test_train.py",)),
+    Mutation("a CUDA device accepted where there is none", "src/ralu/demo/train.py",
+             "if device.type == \"cpu\" or (device.type == \"cuda\" and has_cuda",
+             "if device.type in (\"cpu\", \"cuda\") or (device.type == \"cuda\" and has_cuda",
+             ("tests/demo/test_train.py",)),
     # sampler
     Mutation("Euler step with the wrong sign", "src/ralu/solvers.py",
              "return (x32 + (self.grid[i + 1] - self.grid[i]) * v32).to(x.dtype)",

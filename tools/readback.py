@@ -1,6 +1,6 @@
 """The toy judge's own test: its 50-step baseline's prompt read-back on held-out captions.
 
-    python tools/readback.py MODEL_DIR [CAPTIONS=64] [STEPS=50] [THREADS=1]
+    python tools/readback.py MODEL_DIR [CAPTIONS=64] [STEPS=50] [THREADS=1] [DEVICE=cpu]
 
 Captions are ``ralu.eval.prompts.toy_prompts(CAPTIONS)`` (held out from training); image i uses seed i,
 guidance 3 (the demo's and the benchmarks' default). Prints the share of captions passing
@@ -25,14 +25,15 @@ from ralu.eval.prompts import toy_prompts
 def main(argv: list[str]) -> int:
     folder = argv[0]
     count, steps, threads = (int(a) for a in (argv[1:] + ["64", "50", "1"][len(argv) - 1:])[:3])
+    device = argv[4] if len(argv) > 4 else "cpu"
     torch.set_num_threads(threads)
-    model = load_toy(folder)
+    model = load_toy(folder, device)
     captions = [p.text for p in toy_prompts(count)]
     rows = []
     for i in range(0, count, 32):
         batch = captions[i:i + 32]
         images, _ = generate(model, batch, list(range(i, i + len(batch))), Baseline(steps), DEFAULT_GUIDANCE)
-        pictures = (images.permute(0, 2, 3, 1).numpy() + 1) / 2
+        pictures = (images.permute(0, 2, 3, 1).cpu().numpy() + 1) / 2
         rows += [check_prompt(p, parse_caption(c)) for p, c in zip(pictures, batch)]
     parts = []
     for key in ("all", "colour", "shape", "relation"):

@@ -69,3 +69,40 @@ def test_training_saves_a_loadable_model_and_resumes_exactly(tmp_path):
         assert torch.equal(p, q)
     record = json.loads((tmp_path / "whole" / "training.json").read_text())
     assert record["parameters"]["transformer"] == sum(p.numel() for p in a.transformer.parameters())
+
+
+def test_a_steps_batch_is_a_function_of_the_step_alone():
+    """Step i renders scenes(seed · 1_000_003 + i): 64 px on even steps, 32 px on odd ones."""
+    data = train.RenderedBatches(seed=2, batch=3)
+    for step, size in ((6, 64), (7, 32)):
+        images, captions = data[step]
+        expected = shapes.scenes(2 * 1_000_003 + step, 3)
+        assert captions == [s.caption for s in expected]
+        assert torch.equal(images, torch.from_numpy(shapes.render_batch(expected, size)))
+
+
+def test_rendering_in_worker_processes_trains_the_same_model(tmp_path):
+    kwargs = dict(steps=3, batch=2, threads=1, log_every=1, checkpoint_every=0, width=64, command="test")
+    inline = train.train(tmp_path / "inline", **kwargs)
+    parallel = train.train(tmp_path / "parallel", **kwargs, workers=2)
+    assert [e["loss"] for e in parallel["log"]] == [e["loss"] for e in inline["log"]]
+    assert parallel["workers"] == 2 and parallel["device"] == "cpu"
+    a, b = toy.load_toy(tmp_path / "inline"), toy.load_toy(tmp_path / "parallel")
+    for p, q in zip(a.transformer.parameters(), b.transformer.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_the_training_device_is_checked_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train.training_device("auto") == torch.device("cpu")
+    assert train.training_device("cpu") == torch.device("cpu")
+    for name in ("cuda", "cuda:1", "tpu", "gpu"):
+        with pytest.raises(ValueError, match="device") as error:
+            train.training_device(name)
+        assert "allowed: cpu, auto" in str(error.value) or "one of cpu, auto" in str(error.value)
+    for argv in (["--device", "cuda"], ["--workers", "-1"]):
+        with pytest.raises(SystemExit):
+            train.main(["--out", str(tmp_path / "never"), *argv])
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message.startswith("python -m ralu.demo.train: error:") and argv[0].strip("-") in message
+    assert not (tmp_path / "never").exists()

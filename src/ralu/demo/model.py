@@ -193,7 +193,7 @@ def save_toy(model: ToyModel, folder: str | Path, dtype: torch.dtype = torch.flo
     original = next(transformer.parameters()).dtype
     transformer.to(dtype).save_pretrained(folder / "transformer")
     transformer.to(original)
-    state = {k: v.detach().to(dtype).contiguous() for k, v in model.text_encoder.state_dict().items()}
+    state = {k: v.detach().to('cpu', dtype).contiguous() for k, v in model.text_encoder.state_dict().items()}
     save_file(state, str(folder / "text_encoder.safetensors"))
     (folder / "text_encoder.json").write_text(json.dumps(dict(
         vocabulary=list(model.tokenizer.vocabulary), max_words=model.tokenizer.max_words,
@@ -273,7 +273,8 @@ def generate(model: ToyModel, prompts: Sequence[str], seeds: Sequence[int], conf
     A Baseline without a shift uses the toy's stock shift :data:`BASE_SHIFT`; a RALUConfig with
     ``base_shift="auto"`` is matched to it. on_step: the sampler's step callback. bfloat16: run the
     transformer under bfloat16 autocast (about twice as fast on CPUs with bf16 instructions; the
-    sampler's updates stay float32). Returns images (B, 3, size, width) in [-1, 1] and the sampler's
+    sampler's updates stay float32). The noise is drawn on the CPU, so a seed starts from the same noise on
+    any device the model is on. Returns images (B, 3, size, width) in [-1, 1] and the sampler's
     result (layout, per-stage tokens and times).
     """
     from ..sampler import sample
@@ -283,9 +284,10 @@ def generate(model: ToyModel, prompts: Sequence[str], seeds: Sequence[int], conf
     config = config.resolve(BASE_SHIFT) if hasattr(config, "resolve") else config
     grid = token_grid(size, width)
     table_positions = config.table_positions if isinstance(config, RALUConfig) else "stock_then_full"
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+    device = next(model.transformer.parameters()).device
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
         adapter = model.adapter(prompts, guidance_scale, grid, table_positions)
-        result = sample(adapter, initial_noise(seeds, size, width), config, grid,
+        result = sample(adapter, initial_noise(seeds, size, width).to(device), config, grid,
                         generator=renoise_generators(seeds), on_step=on_step)
         images = decode_tokens(result.latents, grid)
     return images, result

@@ -11,6 +11,10 @@ stock schedule's density at shift 3 (``shift_3(u)``, mostly high noise, where th
 decided) and uniform (low noise too, where edges are sharpened). Full (64 px) and half (32 px)
 batches alternate, so the model also knows the half resolution RALU's first stage runs at.
 10% of the captions are dropped so that classifier-free guidance works.
+
+The same script trains on a GPU (``--device cuda``, bfloat16 autocast there by default), with
+``--workers`` processes rendering the batches ahead; a step's batch depends on the step alone, so
+the run is the same whichever device renders it and however many workers there are.
 """
 
 from __future__ import annotations
@@ -46,16 +50,18 @@ def sample_sigmas(batch: int, generator: torch.Generator) -> torch.Tensor:
 
 def flow_loss(model: ToyModel, images: torch.Tensor, captions: list[str], generator: torch.Generator,
               drop: float, autocast: bool = False) -> torch.Tensor:
-    """Rectified-flow MSE of the velocity on a batch of images (B, 3, H, W) in [-1, 1]."""
+    """Rectified-flow MSE of the velocity on a batch of images (B, 3, H, W) in [-1, 1], on the
+    images' device. The random draws come from ``generator`` (a CPU generator) whatever the device."""
+    device = images.device
     x0 = encode_images(images)
     batch, tokens, _ = x0.shape
     side = math.isqrt(tokens)
     keep = torch.rand(batch, generator=generator) >= drop
     captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
-    sigma = sample_sigmas(batch, generator)
-    noise = torch.randn(x0.shape, generator=generator)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        states, pooled = model.text_encoder(model.tokenizer(captions))
+    sigma = sample_sigmas(batch, generator).to(device)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        states, pooled = model.text_encoder(model.tokenizer(captions).to(device))
         if model.architecture == "sd3":  # the latent image; the model patchifies and crops its table itself
             x0, noise = tokens_to_latent(x0, (side, side)), tokens_to_latent(noise, (side, side))
             x = (1 - sigma[:, None, None, None]) * x0 + sigma[:, None, None, None] * noise
@@ -63,9 +69,9 @@ def flow_loss(model: ToyModel, images: torch.Tensor, captions: list[str], genera
                                   encoder_hidden_states=states, return_dict=False)[0]
         else:
             x = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
-            img_ids = torch.cat([torch.zeros(tokens, 1), grid_positions((side, side))], dim=1)
+            img_ids = torch.cat([torch.zeros(tokens, 1), grid_positions((side, side))], dim=1).to(device)
             v = model.transformer(hidden_states=x, timestep=sigma, pooled_projections=pooled,
-                                  encoder_hidden_states=states, txt_ids=torch.zeros(states.shape[1], 3),
+                                  encoder_hidden_states=states, txt_ids=torch.zeros(states.shape[1], 3, device=device),
                                   img_ids=img_ids, return_dict=False)[0]
     return F.mse_loss(v.float(), noise - x0)
 
@@ -76,17 +82,51 @@ def _learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * ramp * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, step / steps))))
 
 
-def host() -> dict:
-    """CPU model, the flags that decide bf16 speed, threads and the torch build."""
+def host(device: torch.device | None = None) -> dict:
+    """CPU model, the flags that decide bf16 speed, threads, the torch build and the GPU (if training on one)."""
     model, flags = cpu_facts()
-    return dict(cpu=model, amx="amx_bf16" in flags, avx512_bf16="avx512_bf16" in flags, avx512f="avx512f" in flags,
-                threads=torch.get_num_threads(), torch=torch.__version__)
+    facts = dict(cpu=model, amx="amx_bf16" in flags, avx512_bf16="avx512_bf16" in flags, avx512f="avx512f" in flags,
+                 threads=torch.get_num_threads(), torch=torch.__version__)
+    if device is not None and device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+    return facts
+
+
+def training_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when there is one) → the device; ValueError naming the
+    ``device`` parameter where it is unknown or absent here."""
+    has_cuda = torch.cuda.is_available()
+    allowed = "cpu, auto" + (f", cuda or cuda:0..{torch.cuda.device_count() - 1}" if has_cuda else "")
+    if name == "auto":
+        return torch.device("cuda" if has_cuda else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be one of {allowed}, got {name!r}") from None
+    if device.type == "cpu" or (device.type == "cuda" and has_cuda
+                                and (device.index or 0) < torch.cuda.device_count()):
+        return device
+    raise ValueError(f"device {name!r} is not available here; allowed: {allowed}")
+
+
+class RenderedBatches(torch.utils.data.Dataset):
+    """Step i → (images (batch, 3, size, size) in [-1, 1], captions) of ``shapes.scenes(seed · 1_000_003 + i,
+    batch)``, 64 px on even steps and 32 px on odd ones: the training data, a function of the step alone."""
+
+    def __init__(self, seed: int, batch: int):
+        self.seed, self.batch = seed, batch
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, list[str]]:
+        size = RESOLUTION if step % 2 == 0 else RESOLUTION // 2
+        batch_scenes = scenes(self.seed * 1_000_003 + step, self.batch)
+        return torch.from_numpy(render_batch(batch_scenes, size)), [s.caption for s in batch_scenes]
 
 
 def _state(model, params, averaged, optimizer, step, generator, log, elapsed) -> dict:
-    return dict(params=[p.detach().clone() for p in params], averaged=[a.clone() for a in averaged],
-                optimizer=optimizer.state_dict(), step=step, generator=generator.get_state(), log=list(log),
-                elapsed=elapsed)
+    """The training state with CPU copies of the weights, so that a run can resume on another device."""
+    return dict(params=[p.detach().to("cpu", copy=True) for p in params],
+                averaged=[a.to("cpu", copy=True) for a in averaged], optimizer=optimizer.state_dict(), step=step,
+                generator=generator.get_state(), log=list(log), elapsed=elapsed)
 
 
 def _save_averaged(model: ToyModel, params, averaged, folder: Path) -> None:
@@ -104,19 +144,25 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
           ema: float = 0.999, caption_drop: float = 0.1, threads: int = 1, log_every: int = 50,
           checkpoint_every: int = 250, max_minutes: float | None = None, init: str | Path | None = None,
           resume: bool = False, architecture: str = "flux", autocast: bool | None = None, width: int | None = None,
-          stop_before: int | None = None, command: str | None = None) -> dict:
+          stop_before: int | None = None, command: str | None = None, device: str = "cpu", workers: int = 0) -> dict:
     """Train and save the EMA weights to ``out`` with ``training.json``; see the module docstring.
 
     Step i renders ``shapes.scenes(seed · 1_000_003 + i, batch)``: 64 px on even steps, 32 px on
-    odd ones. ``init`` starts from a saved model's weights (fresh optimiser and schedule; the
+    odd ones (:class:`RenderedBatches`), in ``workers`` processes beside the training (0: in it).
+    ``init`` starts from a saved model's weights (fresh optimiser and schedule; the
     earlier record is kept under ``previous``); ``resume`` continues ``out/checkpoint`` exactly.
     ``width`` overrides the transformer's width (heads of 32 channels) of a fresh model.
     ``max_minutes`` stops early, saving what there is (``stopped_at`` in the record); ``stop_before``
     stops before that step, deterministically. ``final_loss`` in the record is the mean loss of the last 100
-    steps; a resumed run that stops before training a step reports its log's last entry. ``autocast``: bfloat16 autocast; None (default) uses
-    it where the CPU has bf16 instructions (:func:`~ralu.demo.model.bf16_is_fast`).
+    steps; a resumed run that stops before training a step reports its log's last entry. ``device``: see
+    :func:`training_device`; checkpoints hold CPU tensors, so a run can resume on another device.
+    ``autocast``: bfloat16 autocast; None (default) uses it on a GPU and where the CPU has bf16
+    instructions (:func:`~ralu.demo.model.bf16_is_fast`).
     """
-    autocast = bf16_is_fast() if autocast is None else autocast
+    device = training_device(device)
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0 (0 renders in the training process), got {workers}")
+    autocast = (device.type == "cuda" or bf16_is_fast()) if autocast is None else autocast
     torch.set_num_threads(threads)
     out = Path(out)
     previous = None
@@ -127,7 +173,8 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
     else:
         overrides = {} if width is None else dict(num_attention_heads=width // 32)
         model = build_toy(seed, architecture, **overrides)
-    model.transformer.train()
+    model.transformer.to(device).train()
+    model.text_encoder.to(device)
     params = list(model.transformer.parameters()) + list(model.text_encoder.parameters())
     averaged = [p.detach().clone() for p in params]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.99), fused=True)
@@ -137,26 +184,27 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
     if resume:
         if not state_file.is_file():
             raise FileNotFoundError(f"--resume: no training state at {state_file}")
-        state = torch.load(state_file, weights_only=False)
+        state = torch.load(state_file, weights_only=False, map_location="cpu")
         with torch.no_grad():
             for p, saved in zip(params, state["params"]):
                 p.copy_(saved)
-        averaged = state["averaged"]
+        averaged = [a.to(device) for a in state["averaged"]]
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         first, log, elapsed = state["step"], state["log"], state["elapsed"]
         print(f"resumed at step {first} ({elapsed / 60:.1f} min so far)", flush=True)
+    batches = torch.utils.data.DataLoader(RenderedBatches(seed, batch), batch_size=None,
+                                          sampler=range(first, steps), num_workers=workers,
+                                          pin_memory=device.type == "cuda")
     start, losses, stopped_at = time.perf_counter() - elapsed, [], None
-    for step in range(first, steps):
+    for step, (images, captions) in zip(range(first, steps), batches):
         if step == stop_before or (max_minutes is not None and time.perf_counter() - start > 60 * max_minutes):
             stopped_at = step
             break
-        size = RESOLUTION if step % 2 == 0 else RESOLUTION // 2
-        batch_scenes = scenes(seed * 1_000_003 + step, batch)
-        images = torch.from_numpy(render_batch(batch_scenes, size))
+        images = images.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, steps, lr, warmup)
-        loss = flow_loss(model, images, [s.caption for s in batch_scenes], generator, caption_drop, autocast)
+        loss = flow_loss(model, images, captions, generator, caption_drop, autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -186,7 +234,8 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         parameters=dict(transformer=sum(p.numel() for p in model.transformer.parameters()),
                         text_encoder=sum(p.numel() for p in model.text_encoder.parameters())),
         final_loss=round(sum(losses[-100:]) / len(losses[-100:]), 5) if losses else (log[-1]["loss"] if log else None),
-        wall_seconds=round(time.perf_counter() - start, 1), host=host(),
+        wall_seconds=round(time.perf_counter() - start, 1), host=host(device), device=str(device),
+        workers=workers,
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), log=log, previous=previous)
     (out / "training.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
     return record
@@ -204,15 +253,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--width", type=int, help="transformer width of a fresh model (a multiple of 32)")
     parser.add_argument("--arch", choices=tuple(ARCHITECTURES), default="flux")
     parser.add_argument("--dtype", choices=tuple(AUTOCAST_CHOICES), default="auto",
-                        help="bf16: bfloat16 autocast; auto (default): bf16 where the CPU has bf16 instructions")
+                        help="bf16: bfloat16 autocast; auto (default): bf16 on a GPU and where the CPU has bf16 "
+                             "instructions")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes rendering batches ahead of the training (default 0: in the training process)")
     parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--log-every", type=int, default=50, help="steps per loss entry in the log")
     parser.add_argument("--max-minutes", type=float, help="stop early after this long, saving what there is")
     parser.add_argument("--init", type=Path, help="start from this saved model (fresh optimiser and schedule)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/checkpoint exactly")
     args = parser.parse_args(argv)
+    try:  # bad input fails here in one line, before any model is built
+        training_device(args.device)
+        if args.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    except ValueError as error:
+        parser.error(str(error))
     record = train(args.out, args.steps, args.seed, args.batch, args.lr, ema=args.ema, threads=args.threads,
-                   checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, init=args.init,
-                   resume=args.resume, architecture=args.arch, autocast=AUTOCAST_CHOICES[args.dtype], width=args.width)
+                   log_every=args.log_every, checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes,
+                   init=args.init, resume=args.resume, architecture=args.arch,
+                   autocast=AUTOCAST_CHOICES[args.dtype], width=args.width, device=args.device, workers=args.workers)
     print(f"saved {args.out}: {record['stopped_at'] or record['steps']} steps, final loss {record['final_loss']}, "
           f"{record['wall_seconds']:.0f} s")
     return 0
