@@ -51,6 +51,20 @@ def test_sigmas_mix_the_stock_density_and_uniform():
         assert abs((sigmas <= t).mean() - expected) < 5 * np.sqrt(expected * (1 - expected) / len(sigmas))
 
 
+def test_a_sigma_band_replaces_its_share_of_the_draws_with_a_uniform_band():
+    sigmas = train.sample_sigmas(200_000, torch.Generator().manual_seed(0), band=(0.5, 0.9, 0.4)).double().numpy()
+    for t in (0.3, 0.6, 0.8, 0.95):
+        stock = 0.5 * t + 0.5 * t / (3 - 2 * t)
+        expected = 0.6 * stock + 0.4 * min(1.0, max(0.0, (t - 0.5) / 0.4))
+        assert abs((sigmas <= t).mean() - expected) < 5 * np.sqrt(expected * (1 - expected) / len(sigmas))
+
+
+@pytest.mark.parametrize("band", [(0.9, 0.5, 0.5), (0.2, 1.2, 0.5), (0.2, 0.8, 0.0), (0.2, 0.8)])
+def test_a_bad_sigma_band_is_named(band):
+    with pytest.raises(ValueError, match="sigma_band"):
+        train.check_band(band)
+
+
 def test_training_saves_a_loadable_model_and_resumes_exactly(tmp_path):
     kwargs = dict(steps=4, batch=2, threads=1, log_every=1, checkpoint_every=2, width=64, command="test")
     whole = train.train(tmp_path / "whole", **kwargs)
@@ -100,9 +114,18 @@ def test_the_training_device_is_checked_before_any_work(tmp_path, monkeypatch, c
         with pytest.raises(ValueError, match="device") as error:
             train.training_device(name)
         assert "allowed: cpu, auto" in str(error.value) or "one of cpu, auto" in str(error.value)
-    for argv in (["--device", "cuda"], ["--workers", "-1"]):
+    for argv in (["--device", "cuda"], ["--workers", "-1"], ["--sigma-band", "0.9", "0.5", "0.5"]):
         with pytest.raises(SystemExit):
             train.main(["--out", str(tmp_path / "never"), *argv])
         message = capsys.readouterr().err.strip().splitlines()[-1]
-        assert message.startswith("python -m ralu.demo.train: error:") and argv[0].strip("-") in message
+        assert message.startswith("python -m ralu.demo.train: error:") and argv[0].strip("-").replace("-", "_") in \
+            message.replace("-", "_")
     assert not (tmp_path / "never").exists()
+
+
+def test_a_training_run_uses_and_records_its_sigma_band(tmp_path):
+    kwargs = dict(steps=2, batch=2, threads=1, log_every=1, checkpoint_every=0, width=64, command="test")
+    stock = train.train(tmp_path / "stock", **kwargs)
+    banded = train.train(tmp_path / "band", **kwargs, sigma_band=(0.5, 0.9, 1.0))
+    assert "uniform[0.5, 0.9]" in banded["sigma_sampling"] and "[" not in stock["sigma_sampling"]
+    assert banded["log"][0]["loss"] != stock["log"][0]["loss"]

@@ -40,16 +40,35 @@ from .shapes import render_batch, scenes
 UNIFORM_SHARE = 0.5  # share of σ drawn uniformly; the rest from shift_3(uniform)
 
 
-def sample_sigmas(batch: int, generator: torch.Generator) -> torch.Tensor:
-    """(B,) training noise levels: shift_3(u) or u, half and half."""
+def sample_sigmas(batch: int, generator: torch.Generator,
+                  band: tuple[float, float, float] | None = None) -> torch.Tensor:
+    """(B,) training noise levels: shift_3(u) or u, half and half. ``band = (low, high, share)`` draws that
+    share uniformly from [low, high] instead (where the toy decides its shapes; ``tools/shape_onset.py``)."""
     u = torch.rand(batch, generator=generator, dtype=torch.float64)
     shifted = torch.as_tensor(shift_sigmas(u.numpy(), BASE_SHIFT))
     uniform = torch.rand(batch, generator=generator, dtype=torch.float64) < UNIFORM_SHARE
-    return torch.where(uniform, u, shifted).float()
+    sigma = torch.where(uniform, u, shifted)
+    if band is not None:
+        low, high, share = band
+        inside = torch.rand(batch, generator=generator, dtype=torch.float64) < share
+        sigma = torch.where(inside, low + (high - low) * u, sigma)
+    return sigma.float()
+
+
+def check_band(band: Sequence[float] | None) -> tuple[float, float, float] | None:
+    """``(low, high, share)`` with 0 <= low < high <= 1 and 0 < share <= 1, else ValueError naming sigma_band."""
+    if band is None:
+        return None
+    if len(band) != 3:
+        raise ValueError(f"sigma_band must be three numbers LOW HIGH SHARE, got {list(band)}")
+    low, high, share = (float(v) for v in band)
+    if not (0.0 <= low < high <= 1.0 and 0.0 < share <= 1.0):
+        raise ValueError(f"sigma_band needs 0 <= LOW < HIGH <= 1 and 0 < SHARE <= 1, got {low:g} {high:g} {share:g}")
+    return low, high, share
 
 
 def flow_loss(model: ToyModel, images: torch.Tensor, captions: list[str], generator: torch.Generator,
-              drop: float, autocast: bool = False) -> torch.Tensor:
+              drop: float, autocast: bool = False, band: tuple[float, float, float] | None = None) -> torch.Tensor:
     """Rectified-flow MSE of the velocity on a batch of images (B, 3, H, W) in [-1, 1], on the
     images' device. The random draws come from ``generator`` (a CPU generator) whatever the device."""
     device = images.device
@@ -58,7 +77,7 @@ def flow_loss(model: ToyModel, images: torch.Tensor, captions: list[str], genera
     side = math.isqrt(tokens)
     keep = torch.rand(batch, generator=generator) >= drop
     captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
-    sigma = sample_sigmas(batch, generator).to(device)
+    sigma = sample_sigmas(batch, generator, band).to(device)
     noise = torch.randn(x0.shape, generator=generator).to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         states, pooled = model.text_encoder(model.tokenizer(captions).to(device))
@@ -144,7 +163,8 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
           ema: float = 0.999, caption_drop: float = 0.1, threads: int = 1, log_every: int = 50,
           checkpoint_every: int = 250, max_minutes: float | None = None, init: str | Path | None = None,
           resume: bool = False, architecture: str = "flux", autocast: bool | None = None, width: int | None = None,
-          stop_before: int | None = None, command: str | None = None, device: str = "cpu", workers: int = 0) -> dict:
+          stop_before: int | None = None, command: str | None = None, device: str = "cpu", workers: int = 0,
+          sigma_band: Sequence[float] | None = None) -> dict:
     """Train and save the EMA weights to ``out`` with ``training.json``; see the module docstring.
 
     Step i renders ``shapes.scenes(seed · 1_000_003 + i, batch)``: 64 px on even steps, 32 px on
@@ -157,9 +177,10 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
     steps; a resumed run that stops before training a step reports its log's last entry. ``device``: see
     :func:`training_device`; checkpoints hold CPU tensors, so a run can resume on another device.
     ``autocast``: bfloat16 autocast; None (default) uses it on a GPU and where the CPU has bf16
-    instructions (:func:`~ralu.demo.model.bf16_is_fast`).
+    instructions (:func:`~ralu.demo.model.bf16_is_fast`). ``sigma_band``: see :func:`sample_sigmas`.
     """
     device = training_device(device)
+    band = check_band(sigma_band)
     if workers < 0:
         raise ValueError(f"workers must be >= 0 (0 renders in the training process), got {workers}")
     autocast = (device.type == "cuda" or bf16_is_fast()) if autocast is None else autocast
@@ -204,7 +225,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         images = images.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, steps, lr, warmup)
-        loss = flow_loss(model, images, captions, generator, caption_drop, autocast)
+        loss = flow_loss(model, images, captions, generator, caption_drop, autocast, band)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -229,7 +250,8 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         command=command or " ".join(["python -m ralu.demo.train", *sys.argv[1:]]),
         seed=seed, steps=steps, stopped_at=stopped_at, max_minutes=max_minutes, batch=batch, lr=lr, warmup=warmup,
         ema=ema, caption_drop=caption_drop, autocast_bf16=autocast, resolutions=[RESOLUTION, RESOLUTION // 2],
-        sigma_sampling=f"{UNIFORM_SHARE:g} uniform + {1 - UNIFORM_SHARE:g} shift_{BASE_SHIFT:g}(uniform)",
+        sigma_sampling=f"{UNIFORM_SHARE:g} uniform + {1 - UNIFORM_SHARE:g} shift_{BASE_SHIFT:g}(uniform)"
+        + ("" if band is None else f"; {band[2]:g} of them replaced by uniform[{band[0]:g}, {band[1]:g}]"),
         architecture=model.architecture, transformer=dict(model.transformer.config),
         parameters=dict(transformer=sum(p.numel() for p in model.transformer.parameters()),
                         text_encoder=sum(p.numel() for p in model.text_encoder.parameters())),
@@ -260,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="processes rendering batches ahead of the training (default 0: in the training process)")
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--log-every", type=int, default=50, help="steps per loss entry in the log")
+    parser.add_argument("--sigma-band", type=float, nargs=3, metavar=("LOW", "HIGH", "SHARE"),
+                        help="draw SHARE of the noise levels uniformly from [LOW, HIGH]")
     parser.add_argument("--max-minutes", type=float, help="stop early after this long, saving what there is")
     parser.add_argument("--init", type=Path, help="start from this saved model (fresh optimiser and schedule)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/checkpoint exactly")
@@ -268,12 +292,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         training_device(args.device)
         if args.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {args.workers}")
+        check_band(args.sigma_band)
     except ValueError as error:
         parser.error(str(error))
     record = train(args.out, args.steps, args.seed, args.batch, args.lr, ema=args.ema, threads=args.threads,
                    log_every=args.log_every, checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes,
                    init=args.init, resume=args.resume, architecture=args.arch,
-                   autocast=AUTOCAST_CHOICES[args.dtype], width=args.width, device=args.device, workers=args.workers)
+                   autocast=AUTOCAST_CHOICES[args.dtype], width=args.width, device=args.device, workers=args.workers,
+                   sigma_band=args.sigma_band)
     print(f"saved {args.out}: {record['stopped_at'] or record['steps']} steps, final loss {record['final_loss']}, "
           f"{record['wall_seconds']:.0f} s")
     return 0
