@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from ralu.demo.model import decode_tokens, encode_images, load_toy
-from ralu.demo.shapes import COLOURS, KINDS, check_prompt, classify_shape, colour_labels, render_batch, scenes
+from ralu.demo.shapes import (KINDS, check_prompt, classify_shape, colour_labels, largest_blob, render_batch,
+                              scenes)
 from ralu.layout import grid_positions
 
 LEVELS = (0.9, 0.7, 0.5, 0.3, 0.15)
@@ -49,14 +50,8 @@ def restore(model, captions: list[str], x: torch.Tensor, level: float, grid) -> 
 
 def drawn_kind(picture: np.ndarray, colour: str) -> str | None:
     """The kind :func:`classify_shape` reads from the largest blob of ``colour`` (None if there is none)."""
-    from scipy import ndimage
-
-    mask = colour_labels(picture) == list(COLOURS).index(colour)
-    components, count = ndimage.label(mask)
-    if count == 0:
-        return None
-    areas = ndimage.sum(mask, components, index=np.arange(1, count + 1))
-    return classify_shape(components == 1 + int(np.argmax(areas)))
+    blob = largest_blob(colour_labels(picture), colour)
+    return None if blob is None else classify_shape(blob)
 
 
 def kind_table(model, count: int) -> None:

@@ -193,7 +193,7 @@ def save_toy(model: ToyModel, folder: str | Path, dtype: torch.dtype = torch.flo
     original = next(transformer.parameters()).dtype
     transformer.to(dtype).save_pretrained(folder / "transformer")
     transformer.to(original)
-    state = {k: v.detach().to('cpu', dtype).contiguous() for k, v in model.text_encoder.state_dict().items()}
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.text_encoder.state_dict().items()}
     save_file(state, str(folder / "text_encoder.safetensors"))
     (folder / "text_encoder.json").write_text(json.dumps(dict(
         vocabulary=list(model.tokenizer.vocabulary), max_words=model.tokenizer.max_words,

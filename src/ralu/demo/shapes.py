@@ -248,6 +248,18 @@ def classify_shape(mask: np.ndarray) -> str:
     return best
 
 
+def largest_blob(labels: np.ndarray, colour: str) -> np.ndarray | None:
+    """The largest connected blob of palette ``colour`` in :func:`colour_labels` output (bool mask), None if none."""
+    from scipy import ndimage
+
+    mask = labels == list(COLOURS).index(colour)
+    components, count = ndimage.label(mask)
+    if count == 0:
+        return None
+    areas = ndimage.sum(mask, components, index=np.arange(1, count + 1))
+    return components == 1 + int(np.argmax(areas))
+
+
 def check_prompt(image: np.ndarray, scene: Scene) -> dict[str, float | None]:
     """Does ``image`` (H, W, 3) in [0, 1] show what ``scene.caption`` asks, by the generator's own rules?
 
@@ -256,22 +268,16 @@ def check_prompt(image: np.ndarray, scene: Scene) -> dict[str, float | None]:
         colour is best fitted by the named shape's template; relation: 1/0 whether the blob
         centroids stand as the caption says (None for one object); all: 1 when every check passes.
     """
-    from scipy import ndimage
-
     height, width = image.shape[:2]
     labels = colour_labels(image)
     min_area = MIN_AREA_SHARE * np.pi * (SIZES["small"][0] * width) ** 2
-    palette = list(COLOURS)
     found, shaped, centres = [], [], []
     for shape in scene.objects:
-        mask = labels == palette.index(shape.colour)
-        components, count = ndimage.label(mask)
-        if count == 0:
+        blob = largest_blob(labels, shape.colour)
+        if blob is None:
             found.append(False), shaped.append(False), centres.append(None)
             continue
-        areas = ndimage.sum(mask, components, index=np.arange(1, count + 1))
-        blob = components == 1 + int(np.argmax(areas))
-        ok = bool(areas.max() >= min_area)
+        ok = bool(blob.sum() >= min_area)
         found.append(ok)
         shaped.append(ok and classify_shape(blob) == shape.kind)
         rows, cols = np.nonzero(blob)
