@@ -80,3 +80,17 @@ def test_check_prompt_rejects_wrong_captions():
 def test_classify_shape_on_each_template(kind):
     scene = shapes.Scene((shapes.Shape(kind, "red", "large", (0.5, 0.5), 0.3),), None, (0.5, 0.5))
     assert shapes.classify_shape(shapes.object_masks(scene, 64)[0]) == kind
+
+
+def test_drawn_kinds_reads_each_object_as_drawn_and_none_where_its_colour_is_missing():
+    for scene in shapes.scenes(19, 40):
+        image = shapes.render(scene, 64)
+        assert shapes.drawn_kinds(image, scene) == [o.kind for o in scene.objects], scene.caption
+    # asked for a square, drawn a circle: the circle is what was drawn; asked for green, drawn a green speck
+    # far below a smallest object's area: not drawn
+    drawn = shapes.Scene((shapes.Shape("circle", "red", "large", (0.3, 0.5), 0.22),
+                          shapes.Shape("triangle", "blue", "small", (0.75, 0.5), 0.15),
+                          shapes.Shape("square", "green", "small", (0.8, 0.15), 0.04)), "left of", (0.5, 0.5))
+    asked = dataclasses.replace(drawn, objects=(dataclasses.replace(drawn.objects[0], kind="square"),
+                                                dataclasses.replace(drawn.objects[1], colour="green")))
+    assert shapes.drawn_kinds(shapes.render(drawn, 64), asked) == ["circle", None]

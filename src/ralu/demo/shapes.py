@@ -260,6 +260,16 @@ def largest_blob(labels: np.ndarray, colour: str) -> np.ndarray | None:
     return components == 1 + int(np.argmax(areas))
 
 
+def drawn_kinds(image: np.ndarray, scene: Scene) -> list[str | None]:
+    """For each of the caption's objects, the kind its colour's largest blob reads as (:func:`classify_shape`),
+    None where that colour covers less than ``MIN_AREA_SHARE`` of a smallest object: which kinds a model draws
+    when asked for which (``tools/readback.py``). image (H, W, 3) in [0, 1]."""
+    labels = colour_labels(image)
+    min_area = MIN_AREA_SHARE * np.pi * (SIZES["small"][0] * image.shape[1]) ** 2
+    blobs = [largest_blob(labels, shape.colour) for shape in scene.objects]
+    return [classify_shape(blob) if blob is not None and blob.sum() >= min_area else None for blob in blobs]
+
+
 def check_prompt(image: np.ndarray, scene: Scene) -> dict[str, float | None]:
     """Does ``image`` (H, W, 3) in [0, 1] show what ``scene.caption`` asks, by the generator's own rules?
 
