@@ -260,14 +260,20 @@ def largest_blob(labels: np.ndarray, colour: str) -> np.ndarray | None:
     return components == 1 + int(np.argmax(areas))
 
 
-def drawn_kinds(image: np.ndarray, scene: Scene) -> list[str | None]:
-    """For each of the caption's objects, the kind its colour's largest blob reads as (:func:`classify_shape`),
-    None where that colour covers less than ``MIN_AREA_SHARE`` of a smallest object: which kinds a model draws
-    when asked for which (``tools/readback.py``). image (H, W, 3) in [0, 1]."""
+def found_blobs(image: np.ndarray, scene: Scene) -> list[np.ndarray | None]:
+    """For each of the caption's objects, its colour's largest blob (bool mask), or None where that colour
+    covers less than ``MIN_AREA_SHARE`` of a smallest object's area. image (H, W, 3) in [0, 1]."""
     labels = colour_labels(image)
     min_area = MIN_AREA_SHARE * np.pi * (SIZES["small"][0] * image.shape[1]) ** 2
     blobs = [largest_blob(labels, shape.colour) for shape in scene.objects]
-    return [classify_shape(blob) if blob is not None and blob.sum() >= min_area else None for blob in blobs]
+    return [blob if blob is not None and blob.sum() >= min_area else None for blob in blobs]
+
+
+def drawn_kinds(image: np.ndarray, scene: Scene) -> list[str | None]:
+    """For each of the caption's objects, the kind its blob (:func:`found_blobs`) reads as
+    (:func:`classify_shape`), None where it was not found: which kinds a model draws when asked for which
+    (``tools/readback.py``)."""
+    return [None if blob is None else classify_shape(blob) for blob in found_blobs(image, scene)]
 
 
 def check_prompt(image: np.ndarray, scene: Scene) -> dict[str, float | None]:
@@ -278,20 +284,11 @@ def check_prompt(image: np.ndarray, scene: Scene) -> dict[str, float | None]:
         colour is best fitted by the named shape's template; relation: 1/0 whether the blob
         centroids stand as the caption says (None for one object); all: 1 when every check passes.
     """
-    height, width = image.shape[:2]
-    labels = colour_labels(image)
-    min_area = MIN_AREA_SHARE * np.pi * (SIZES["small"][0] * width) ** 2
-    found, shaped, centres = [], [], []
-    for shape in scene.objects:
-        blob = largest_blob(labels, shape.colour)
-        if blob is None:
-            found.append(False), shaped.append(False), centres.append(None)
-            continue
-        ok = bool(blob.sum() >= min_area)
-        found.append(ok)
-        shaped.append(ok and classify_shape(blob) == shape.kind)
-        rows, cols = np.nonzero(blob)
-        centres.append((cols.mean() + 0.5, rows.mean() + 0.5) if ok else None)
+    blobs = found_blobs(image, scene)
+    found = [blob is not None for blob in blobs]
+    shaped = [blob is not None and classify_shape(blob) == shape.kind for blob, shape in zip(blobs, scene.objects)]
+    centres = [None if blob is None else tuple(np.nonzero(blob)[axis].mean() + 0.5 for axis in (1, 0))
+               for blob in blobs]
     relation = None
     if scene.relation is not None:
         a, b = centres
