@@ -150,3 +150,25 @@ def test_auto_dtype_picks_bfloat16_only_where_the_cpu_has_bf16_instructions(monk
     for flags, fast in (({"avx2", "avx512f"}, False), ({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True)):
         monkeypatch.setattr(toy, "cpu_facts", lambda flags=flags: ("cpu", frozenset(flags)))
         assert toy.bf16_is_fast() is fast
+
+
+def test_save_toy_round_trips_in_float16_and_leaves_the_model_alone(tmp_path):
+    import logging
+
+    warnings = []
+    handler = logging.Handler()
+    handler.emit = warnings.append
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    logger.addHandler(handler)
+    model = toy.build_toy(2)
+    before = {k: v.clone() for k, v in model.transformer.state_dict().items()}
+    try:
+        toy.save_toy(model, tmp_path / "m")
+    finally:
+        logger.removeHandler(handler)
+    after = model.transformer.state_dict()
+    assert all(after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
+    loaded = toy.load_toy(tmp_path / "m").transformer.state_dict()
+    assert all(torch.equal(loaded[k], v.half().float()) for k, v in before.items())
+    # diffusers' own to() warns "modules ... kept in float32: []" on every dtype cast; save_toy avoids it
+    assert [r.getMessage() for r in warnings if r.levelno >= logging.WARNING] == []

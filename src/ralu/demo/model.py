@@ -18,6 +18,7 @@ Training is :mod:`ralu.demo.train`; :func:`load_toy` loads the shipped weights.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -189,10 +190,9 @@ def save_toy(model: ToyModel, folder: str | Path, dtype: torch.dtype = torch.flo
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    transformer = model.transformer
-    original = next(transformer.parameters()).dtype
-    transformer.to(dtype).save_pretrained(folder / "transformer")
-    transformer.to(original)
+    # a cast copy, so the caller's model keeps its precision; nn.Module.to, not diffusers' to(), which warns
+    # about "modules kept in float32: []" on every dtype cast
+    nn.Module.to(copy.deepcopy(model.transformer), dtype).save_pretrained(folder / "transformer")
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.text_encoder.state_dict().items()}
     save_file(state, str(folder / "text_encoder.safetensors"))
     (folder / "text_encoder.json").write_text(json.dumps(dict(
