@@ -172,3 +172,28 @@ def test_save_toy_round_trips_in_float16_and_leaves_the_model_alone(tmp_path):
     assert all(torch.equal(loaded[k], v.half().float()) for k, v in before.items())
     # diffusers' own to() warns "modules ... kept in float32: []" on every dtype cast; save_toy avoids it
     assert [r.getMessage() for r in warnings if r.levelno >= logging.WARNING] == []
+
+
+def test_noise_downsample_acts_only_through_stage_one_start(model):
+    """Both modes start stage 1 from white noise and every later draw comes from the renoise
+    generators, so they give one image distribution: two runs whose stage-1 starts coincide
+    must give the same image, whichever mode made the start."""
+    from ralu.layout import downsample_tokens
+    from ralu.sampler import sample
+
+    prompts, seeds, grid = ["a large red circle", "a small blue star left of a large green square"], [0, 1], toy.token_grid()
+    full = toy.initial_noise(seeds)
+    start = downsample_tokens(full, grid, "block_sum")
+    picked = downsample_tokens(torch.arange(full[0].numel(), dtype=torch.float64).view(1, *full.shape[1:]), grid,
+                               "nearest").long().flatten()  # which entries of the full noise "nearest" keeps
+    other = full.flatten(1).clone()
+    other[:, picked] = start.flatten(1)
+    other = other.view_as(full)
+    torch.testing.assert_close(downsample_tokens(other, grid, "nearest"), start, rtol=0, atol=0)
+    latents = []
+    for noise, mode in ((full, "block_sum"), (other, "nearest")):
+        config = RALUConfig.preset("flux-dev-4x", steps=(1, 1, 2), noise_downsample=mode).resolve(toy.BASE_SHIFT)
+        with torch.no_grad():
+            latents.append(sample(model.adapter(prompts, 2.0, grid), noise, config, grid,
+                                  generator=toy.renoise_generators(seeds)).latents)
+    torch.testing.assert_close(latents[0], latents[1], rtol=0, atol=0)
