@@ -29,11 +29,11 @@ def schnell(schnell_path):
     return pipe
 
 
-def test_preset_is_ntdm_at_base_shift_one():
+def test_preset_is_ntdm_at_base_shift_one(assert_ntdm_optimum):
     preset = RALUConfig.preset("flux-schnell-2x")
     shifts, ratio = solve_ntdm(preset.steps, preset.ends, 1.0)
     assert preset.solved_shift == 1.0 and preset.steps == (2, 1, 1)
-    assert preset.shifts == pytest.approx(shifts, abs=1e-3) and preset.noise_ratio == pytest.approx(ratio, abs=1e-3)
+    assert_ntdm_optimum(preset, shifts, ratio)
 
 
 def test_default_config_for_a_model_without_guidance_is_the_schnell_preset(schnell):
