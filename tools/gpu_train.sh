@@ -7,7 +7,8 @@
 #                                           # importlib_metadata) into .whl/, which git ignores
 #   bash tools/gpu_train.sh run [MINUTES]   # on the device (the run tool, carry [".whl"]), MINUTES=7
 #
-# `run` continues the shipped weights (src/ralu/data/toy) with bf16 autocast, batch 128 and 12 processes
+# `run` continues the shipped weights (src/ralu/data/toy) with bf16 autocast, batch 128, the CPU runs' σ band
+# (30% of σ in 0.4-0.9, where shapes form) and 12 processes
 # rendering the data (DEVICE, BATCH, WORKERS and CAPTIONS in the environment override cuda, 128, 12 and 256;
 # a CPU smoke test: DEVICE=cpu BATCH=2 WORKERS=1 CAPTIONS=4 OUT=/tmp/g bash tools/gpu_train.sh run 0.5).
 # A 40-step probe first measures the seconds per step, so that the cosine schedule ends inside MINUTES. It writes $OUT/toy (weights and training.json; no checkpoint, to stay within what
@@ -35,7 +36,7 @@ run)
     export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
     device=${DEVICE:-cuda}
     common=(--init src/ralu/data/toy --batch "${BATCH:-128}" --lr 0.001 --device "$device" --workers "${WORKERS:-12}"
-            --threads 2 --checkpoint-every 0)
+            --threads 2 --checkpoint-every 0 --sigma-band 0.4 0.9 0.3)
     python3 -m ralu.demo.train "${common[@]}" --out /tmp/probe --steps 40 --log-every 10 | tail -1
     # seconds per step after the first 10 (start-up and warm-up excluded)
     steps=$(python3 -c "

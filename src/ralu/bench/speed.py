@@ -64,7 +64,8 @@ class Bench:
         torch.manual_seed(0)
         self.args = args
         self.config = dict(FLUX_WIDTH, num_layers=args.double, num_single_layers=args.single)
-        self.transformer = FluxTransformer2DModel(**self.config).to(args.device, args.dtype).eval()
+        with torch.device(args.device):  # random init where it runs: 12B parameters take minutes on a CPU
+            self.transformer = FluxTransformer2DModel(**self.config).to(args.dtype).eval()
         self.dev = dict(device=args.device, dtype=args.dtype)
 
     def adapter(self, text_tokens: int, batch: int = 1) -> FluxAdapter:
@@ -104,7 +105,7 @@ class Bench:
         full, text = side * side, max(1, side * side // 8)  # FLUX.1-dev's 4096 image : 512 text tokens
         methods = self.methods()
         counts = sorted({t for config in methods.values() for t in config.tokens_per_stage(full)})
-        once = self.calibrate(counts, text)  # as a user would: one calibration, then predictions
+        once = self.calibrate(counts, text, min_seconds=args.calibration_seconds)  # as a user would: one calibration, then predictions
         adapter = self.adapter(text)
         noise = torch.randn(1, full, 64, generator=torch.Generator().manual_seed(0)).to(**self.dev)
         model_config = MappingProxyType(self.config)
@@ -284,7 +285,7 @@ def markdown(record: dict) -> str:
             ratio = " / ".join(f"{stage['ratio']:.3f}" for stage in stages)
             lines.append(f"| {size['px']} | {name} | {tokens} | {in_run} | {ratio} |")
     lines += ["", "RALU's own work per generation, at 1024x1024 token counts:", "", "| work | ms |", "| --- | --- |"]
-    lines += [f"| {name} | {seconds * 1000:.2f} |" for name, seconds in record["overheads_s"].items()]
+    lines += [f"| {name} | {seconds * 1000:.2f} |" for name, seconds in record.get("overheads_s", {}).items()]
     lines += ["", "## On a GPU", "",
               "The same benchmark at FLUX.1-dev's real size and depth, timed with CUDA synchronisation, in bfloat16:", "", "```bash",
               "ralu bench calibrate --model flux-dev --tokens 256 1024 1945 4096 --blocks 19 38 --dtype bfloat16",
@@ -337,6 +338,17 @@ def plot(record: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def write(record: dict, out: Path | None) -> None:
+    """performance.md, performance.json and efficiency.png under ``out`` (nothing when it is None)."""
+    if out is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "performance.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / "performance.md").write_text(markdown(record))
+    plot(record, out / "efficiency.png")
+    print(f"wrote {out / 'performance.md'}", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="ralu bench speed", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 384, 512], help="image sides in px (multiples of 32)")
@@ -346,13 +358,16 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--baseline-steps", type=int, default=20)
     parser.add_argument("--presets", nargs="+", default=["flux-dev-4x", "flux-dev-7x"])
+    parser.add_argument("--calibration-seconds", type=float, default=5.0,
+                        help="timed seconds at least per token count in the calibration made before each size")
     parser.add_argument("--dense-noise", action="store_true", help="also time the reference's dense noise (slow)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="write performance.md, performance.json and efficiency.png here")
     args = parser.parse_args(argv)
     bad = [s for s in args.sizes if s <= 0 or s % 32]
-    if bad or args.reps < 1 or args.baseline_steps < 1:
-        parser.error(f"--sizes must be positive multiples of 32 (got {bad}), --reps and --baseline-steps >= 1")
+    if bad or args.reps < 1 or args.baseline_steps < 1 or args.calibration_seconds < 0:
+        parser.error(f"--sizes must be positive multiples of 32 (got {bad}), --reps and --baseline-steps >= 1, "
+                     f"--calibration-seconds >= 0")
     unknown = [p for p in args.presets if p not in RALUConfig.PRESETS]
     if unknown:
         parser.error(f"--presets must be among {sorted(RALUConfig.PRESETS)}, got {unknown}")
@@ -368,17 +383,12 @@ def main(argv=None) -> int:
             print(f"{px:>5} px {name:<14} {r['median_s']:8.2f} s  measured {r['measured_speedup']:.2f}x  FLOPs "
                   f"{r['flops_speedup']:.2f}x  calibrated {r['predicted_speedup']:.2f}x  eff {r['efficiency_flops']:.3f}"
                   f" / {r['efficiency_predicted']:.3f} / same rep. {r['efficiency_same_rep']:.3f}", flush=True)
+        write(record, args.out)  # after each size: a run stopped at a time limit keeps what it measured
     record["overheads_s"] = overheads(bench)
     if args.dense_noise:
         record["dense_noise"] = noise_comparison()
-    text = markdown(record)
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "performance.json").write_text(json.dumps(record, indent=1) + "\n")
-        (args.out / "performance.md").write_text(text)
-        plot(record, args.out / "efficiency.png")
-        print(f"wrote {args.out / 'performance.md'}")
+    print(markdown(record))
+    write(record, args.out)
     return 0
 
 

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Everything a lent GPU is for, as one prepared command that ends inside one device call:
+#   1. issue 16: `ralu bench speed` at FLUX.1-dev's real depth (19 double + 38 single blocks, hidden 3072, random
+#      weights) in bfloat16 at 512, 768 and 1024 px, CUDA-synchronised, 3 repetitions, with its calibration;
+#   2. issue 11: `tools/gpu_train.sh run` (the toy judge's training, continued from the shipped weights) for the
+#      minutes left, then the read-back of its 50-step baseline.
+#
+#   bash tools/gpu_train.sh fetch          # here, once: diffusers' wheels into .whl/ (git ignores it)
+#   bash tools/gpu_session.sh [SECONDS]    # on the device (the run tool, carry [".whl"]); SECONDS=450 in all
+#
+# Each part runs whatever the other did. Writes to $OUT: gpu.txt (device and versions), speed/ (performance.md,
+# .json, efficiency.png), toy.tar (the trained weights and training.json), readback.txt and session.log:
+# at most 8 files, as the device tool brings back. A CPU smoke test: DEVICE=cpu SPEED_ARGS="--sizes 64 --reps 1
+# --baseline-steps 4 --calibration-seconds 0" BATCH=2 WORKERS=1 CAPTIONS=4 OUT=/tmp/g bash tools/gpu_session.sh 150
+set -uo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+budget=${1:-450}
+out=${OUT:-gpu-session}
+mkdir -p "$out"
+exec > >(tee "$out/session.log") 2>&1
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null || echo "no nvidia-smi"
+  python3 -c "import torch, diffusers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__)"
+} | tee "$out/gpu.txt"
+
+speed_args=${SPEED_ARGS:-"--sizes 512 768 1024 --double 19 --single 38 --dtype bfloat16 --baseline-steps 50 \
+--presets flux-dev-4x flux-dev-5x flux-dev-7x --calibration-seconds 1"}
+# shellcheck disable=SC2086
+timeout $((budget * 45 / 100)) python3 -m ralu.bench.speed $speed_args ${DEVICE:+--device $DEVICE} --out "$out/speed" \
+    | grep -v '^|' || echo "speed benchmark failed or ran out of time (rc $?)"
+
+left=$((budget - (SECONDS - start) - 75))  # the read-back and the packing take about a minute
+minutes=$(python3 -c "print(max(0.5, round($left / 60 - 0.5, 2)))")
+echo "training for $minutes min"
+OUT="$out/train" bash tools/gpu_train.sh run "$minutes" || echo "training failed (rc $?)"
+if [ -d "$out/train/toy" ]; then
+    tar -C "$out/train" -cf "$out/toy.tar" toy && cp "$out/train/readback.txt" "$out/readback.txt" 2>/dev/null
+    rm -rf "$out/train"
+fi
+echo "session: $((SECONDS - start)) s"
