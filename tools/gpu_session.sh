@@ -34,9 +34,16 @@ speed_args=${SPEED_ARGS:-"--sizes 512 768 1024 --double 19 --single 38 --dtype b
 timeout $((budget * 45 / 100)) python3 -m ralu.bench.speed $speed_args ${DEVICE:+--device $DEVICE} --out "$out/speed" \
     | grep -v '^|' || echo "speed benchmark failed or ran out of time (rc $?)"
 
+# a 3-step check with synchronous kernels first, so that a CUDA fault names its line; bf16 autocast, else fp32
+for dtype in auto fp32; do
+    if CUDA_LAUNCH_BLOCKING=1 python3 -m ralu.demo.train --init src/ralu/data/toy --batch 8 --steps 3 --workers 0 \
+        --device "${DEVICE:-cuda}" --dtype $dtype --checkpoint-every 0 --out /tmp/check 2>&1 | tail -25; then
+        export DTYPE=$dtype; break
+    fi
+done
 left=$((budget - (SECONDS - start) - 75))  # the read-back and the packing take about a minute
 minutes=$(python3 -c "print(max(0.5, round($left / 60 - 0.5, 2)))")
-echo "training for $minutes min"
+echo "training for $minutes min, --dtype ${DTYPE:-none passed the check}"
 OUT="$out/train" bash tools/gpu_train.sh run "$minutes" || echo "training failed (rc $?)"
 if [ -d "$out/train/toy" ]; then
     tar -C "$out/train" -cf "$out/toy.tar" toy && cp "$out/train/readback.txt" "$out/readback.txt" 2>/dev/null

@@ -36,6 +36,7 @@ run)
     export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
     device=${DEVICE:-cuda}
     common=(--init src/ralu/data/toy --batch "${BATCH:-128}" --lr 0.001 --device "$device" --workers "${WORKERS:-12}"
+            --dtype "${DTYPE:-auto}"
             --threads 2 --checkpoint-every 0 --sigma-band 0.4 0.9 0.3)
     python3 -m ralu.demo.train "${common[@]}" --out /tmp/probe --steps 40 --log-every 10 | tail -1
     # seconds per step after the first 10 (start-up and warm-up excluded)

@@ -82,7 +82,7 @@ class Bench:
         adapter = self.adapter(text_tokens)
 
         def run(n: int) -> None:
-            positions = torch.stack([torch.arange(n) // 64, torch.arange(n) % 64], dim=-1).float()[None]
+            positions = torch.stack([torch.arange(n) // 64, torch.arange(n) % 64], dim=-1).float()[None].to(self.args.device)
             x = torch.randn(1, n, 64, **self.dev)
             with torch.no_grad():
                 adapter.velocity(x, adapter.prepare_positions(positions, (64, 64)), 0.5)
