@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ralu import Baseline, RALUConfig
-from ralu.bench.speed import in_run_calls, prediction_errors, summarise
+from ralu.bench.speed import in_run_calls, markdown, prediction_errors, summarise
+from ralu.bench.speed import main as speed_main
 from ralu.calibrate import LatencyModel
 
 FULL = 1024
@@ -76,3 +79,41 @@ def test_prediction_errors_summarise_the_ralu_rows_only():
     text = prediction_errors(record)
     assert "calibrated once: largest 10.0%, mean 7.5%" in text
     assert "same repetition: largest 2.0%, mean 2.0%" in text
+
+
+def record(gpu: str | None, device: str | None) -> dict:
+    """A one-size record as `ralu bench speed` writes it, from the fake latencies above."""
+    m = methods()
+    per_rep = [latency(1.0)] * 3
+    times = {name: [per_rep[0].schedule_seconds(config, FULL) * f for f in (1.0, 1.1, 0.9)] for name, config in m.items()}
+    rows = summarise(m, times, {"baseline": 1.0, "flux-dev-4x": 4.0}, per_rep[0], per_rep, FULL)
+    out = dict(command="ralu bench speed", host=dict(cpu="Fake CPU", gpu=gpu, threads=2, torch="x"), dtype="bfloat16",
+               blocks=[19, 38], sizes=[dict(px=512, methods=rows)], overheads_s={"noise": 0.001})
+    if device is not None:
+        out["device"] = device
+    return out
+
+
+@pytest.mark.parametrize("gpu, device, on", [("NVIDIA H200", "cuda", True), ("NVIDIA H200", None, True),
+                                             ("NVIDIA H200", "cpu", False), (None, "cpu", False)])
+def test_the_page_says_it_is_a_gpu_run_only_when_it_was_timed_on_one(gpu, device, on):
+    text = markdown(record(gpu, device))
+    assert ("This page is a GPU run (NVIDIA H200)" in text) is on
+    assert ("--double 19 --single 38 --dtype bfloat16" in text) is not on  # the recipe, on CPU pages
+    assert "No GPU was available" not in text
+
+
+def test_render_rewrites_the_page_from_its_json_and_refuses_an_older_record(tmp_path, capsys):
+    data = record("NVIDIA H200", "cuda")
+    (tmp_path / "performance.json").write_text(json.dumps(data))
+    assert speed_main(["--render", str(tmp_path)]) == 0
+    page = (tmp_path / "performance.md").read_text()
+    row = data["sizes"][0]["methods"]["flux-dev-4x"]
+    assert f"| 512 | flux-dev-4x | 18 | {row['median_s']:.2f} | {row['measured_speedup']:.2f}x |" in page
+    assert (tmp_path / "efficiency.png").stat().st_size > 1000
+    del data["sizes"][0]["methods"]["flux-dev-4x"]["measured_range"]
+    (tmp_path / "performance.json").write_text(json.dumps(data))
+    with pytest.raises(SystemExit):
+        speed_main(["--render", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "--render: " in err and "predates the field 'measured_range'" in err

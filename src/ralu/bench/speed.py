@@ -286,19 +286,29 @@ def markdown(record: dict) -> str:
             lines.append(f"| {size['px']} | {name} | {tokens} | {in_run} | {ratio} |")
     lines += ["", "RALU's own work per generation, at 1024x1024 token counts:", "", "| work | ms |", "| --- | --- |"]
     lines += [f"| {name} | {seconds * 1000:.2f} |" for name, seconds in record.get("overheads_s", {}).items()]
-    lines += ["", "## On a GPU", "",
-              "The same benchmark at FLUX.1-dev's real size and depth, timed with CUDA synchronisation, in bfloat16:", "", "```bash",
-              "ralu bench calibrate --model flux-dev --tokens 256 1024 1945 4096 --blocks 19 38 --dtype bfloat16",
-              "ralu bench speed --sizes 512 768 1024 --double 19 --single 38 --dtype bfloat16 --baseline-steps 50 "
-              "--out gpu-speed", "```", "",
-              "For end-to-end latency of a real pipeline (text encoders, VAE, guidance included): "
+    lines += ["", "## On a GPU", ""]
+    if on_gpu(record):
+        lines += [f"This page is a GPU run ({record['host']['gpu']}), timed with CUDA synchronisation; the CPU "
+                  "named above only launched the kernels. `bash tools/gpu_session.sh` repeats it (with the toy "
+                  "judge's training after it)."]
+    else:
+        lines += ["The same benchmark at FLUX.1-dev's real size and depth, timed with CUDA synchronisation, in "
+                  "bfloat16:", "", "```bash",
+                  "ralu bench speed --sizes 512 768 1024 --double 19 --single 38 --dtype bfloat16 --baseline-steps 50 "
+                  "--presets flux-dev-4x flux-dev-5x flux-dev-7x --calibration-seconds 1 --out gpu-speed", "```", "",
+                  "docs/performance-h200/ holds that run on an NVIDIA H200."]
+    lines += ["", "For end-to-end latency of a real pipeline (text encoders, VAE, guidance included): "
               "`ralu eval speed black-forest-labs/FLUX.1-dev --methods baseline:50 steps:10 flux-dev-5x --repeats 10` "
-              "(docs/evaluation.md). No GPU was available to this project's sessions so far; no GPU numbers are "
-              "claimed."]
+              "(docs/evaluation.md)."]
     if record.get("dense_noise"):
         lines += ["", "| px | the reference's dense noise, both transitions, s |", "| --- | --- |"]
         lines += [f"| {row['px']} | {row['dense_mvn_s']:.1f} |" for row in record["dense_noise"]]
     return "\n".join(lines) + "\n"
+
+
+def on_gpu(record: dict) -> bool:
+    """Whether a run was timed on its host's GPU (records before 2026-12-04 name no device: a GPU if the host had one)."""
+    return bool(record["host"].get("gpu")) and str(record.get("device", "cuda")).startswith("cuda")
 
 
 def prediction_errors(record: dict) -> str:
@@ -320,18 +330,18 @@ def plot(record: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     names = [n for n in record["sizes"][0]["methods"] if n != "baseline"]
-    for name in names:
-        px = [s["px"] for s in record["sizes"]]
-        ax.plot(px, [s["methods"][name]["efficiency_flops"] for s in record["sizes"]], "o-", label=f"{name} vs FLOPs")
-        ax.plot(px, [s["methods"][name]["efficiency_predicted"] for s in record["sizes"]], "s--",
-                label=f"{name} vs calibrated once")
-        ax.plot(px, [s["methods"][name]["efficiency_same_rep"] for s in record["sizes"]], "^:",
-                label=f"{name} vs calibrated in the same repetition")
+    px = [s["px"] for s in record["sizes"]]
+    for colour, name in zip(("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"), names):
+        for key, style, label in (("efficiency_flops", "o-", "vs FLOPs"), ("efficiency_predicted", "s--",
+                                  "vs calibrated once"), ("efficiency_same_rep", "^:", "vs calibrated, same rep.")):
+            ax.plot(px, [s["methods"][name][key] for s in record["sizes"]], style, color=colour,
+                    label=f"{name} {label}")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xlabel("image side (px)")
     ax.set_ylabel("measured / predicted speedup")
-    ax.set_title(f"{record['host'].get('cpu')}, {record['dtype']}", fontsize=8)
-    ax.legend(fontsize=7)
+    device = record["host"].get("gpu") if on_gpu(record) else record["host"].get("cpu")
+    ax.set_title(f"{device}, {record['dtype']}, {record['blocks'][0]} + {record['blocks'][1]} blocks", fontsize=8)
+    ax.legend(fontsize=6, ncol=2 if len(names) > 2 else 1)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -363,7 +373,22 @@ def main(argv=None) -> int:
     parser.add_argument("--dense-noise", action="store_true", help="also time the reference's dense noise (slow)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="write performance.md, performance.json and efficiency.png here")
+    parser.add_argument("--render", type=Path, metavar="DIR",
+                        help="only rewrite DIR's performance.md and efficiency.png from its performance.json")
     args = parser.parse_args(argv)
+    if args.render:
+        source = args.render / "performance.json"
+        if not source.is_file():
+            parser.error(f"--render: no performance.json in {args.render}")
+        record = json.loads(source.read_text())
+        try:
+            text = markdown(record)
+        except KeyError as missing:
+            parser.error(f"--render: {source} predates the field {missing} this version writes; rerun the benchmark")
+        (args.render / "performance.md").write_text(text)
+        plot(record, args.render / "efficiency.png")
+        print(f"rewrote {args.render / 'performance.md'} and efficiency.png from {source}")
+        return 0
     bad = [s for s in args.sizes if s <= 0 or s % 32]
     if bad or args.reps < 1 or args.baseline_steps < 1 or args.calibration_seconds < 0:
         parser.error(f"--sizes must be positive multiples of 32 (got {bad}), --reps and --baseline-steps >= 1, "
@@ -374,7 +399,8 @@ def main(argv=None) -> int:
     args.dtype = getattr(torch, args.dtype)
     bench = Bench(args)
     record = dict(command="ralu bench speed " + " ".join(sys.argv[1:] if argv is None else argv), host=host(),
-                  dtype=str(args.dtype).replace("torch.", ""), blocks=(args.double, args.single), sizes=[])
+                  dtype=str(args.dtype).replace("torch.", ""), blocks=(args.double, args.single),
+                  device=str(args.device), sizes=[])
     print(f"host: {record['host']}")
     for px in args.sizes:
         size = bench.size(px)
