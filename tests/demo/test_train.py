@@ -129,3 +129,13 @@ def test_a_training_run_uses_and_records_its_sigma_band(tmp_path):
     banded = train.train(tmp_path / "band", **kwargs, sigma_band=(0.5, 0.9, 1.0))
     assert "uniform[0.5, 0.9]" in banded["sigma_sampling"] and "[" not in stock["sigma_sampling"]
     assert banded["log"][0]["loss"] != stock["log"][0]["loss"]
+
+
+def test_a_non_finite_loss_stops_the_run_before_anything_is_saved(tmp_path, monkeypatch):
+    """A device whose kernels return NaN (seen on a GPU) must not train for hours and save NaN weights."""
+    real = train.flow_loss
+    monkeypatch.setattr(train, "flow_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(FloatingPointError, match="training loss is nan at step 1 on cpu"):
+        train.train(tmp_path / "nan", steps=3, batch=2, threads=1, log_every=1, checkpoint_every=0, width=64,
+                    command="test")
+    assert not (tmp_path / "nan" / "training.json").exists()

@@ -234,6 +234,9 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         with torch.no_grad():
             torch._foreach_lerp_(averaged, [p.detach() for p in params], 1 - decay)
         losses.append(loss.item())
+        if not math.isfinite(losses[-1]):  # nothing after this is worth the time; the saved weights stay as they were
+            raise FloatingPointError(f"training loss is {losses[-1]} at step {step + 1} on {device} (autocast "
+                                     f"{'bf16' if autocast else 'off'}); nothing was saved to {out}")
         if (step + 1) % log_every == 0 or step + 1 == steps:
             recent = sum(losses[-log_every:]) / len(losses[-log_every:])
             entry = dict(step=step + 1, loss=round(recent, 5), seconds=round(time.perf_counter() - start, 1))
