@@ -8,6 +8,8 @@
 #   bash tools/gpu_train.sh fetch          # here, once: diffusers' wheels into .whl/ (git ignores it)
 #   bash tools/gpu_session.sh [SECONDS]    # on the device (the run tool, carry [".whl"]); SECONDS=450 in all
 #
+# PARTS="speed train" (the default) picks and orders the parts: the 2026-12-04 lease ran the speed part
+# (docs/performance-h200/), so the next one should start with PARTS="train speed" or PARTS=train.
 # Each part runs whatever the other did. Writes to $OUT: gpu.txt (device and versions), speed/ (performance.md,
 # .json, efficiency.png), toy.tar (the trained weights and training.json), readback.txt and session.log:
 # at most 8 files, as the device tool brings back. A CPU smoke test of the speed part: DEVICE=cpu SPEED_ARGS="--sizes
@@ -29,19 +31,37 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   python3 -c "import torch, diffusers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__)"
 } | tee "$out/gpu.txt"
 
-speed_args=${SPEED_ARGS:-"--sizes 512 768 1024 --double 19 --single 38 --dtype bfloat16 --baseline-steps 50 \
+speed() {
+    local args=${SPEED_ARGS:-"--sizes 512 768 1024 --double 19 --single 38 --dtype bfloat16 --baseline-steps 50 \
 --presets flux-dev-4x flux-dev-5x flux-dev-7x --calibration-seconds 1"}
-# shellcheck disable=SC2086
-timeout $((budget * 45 / 100)) python3 -m ralu.bench.speed $speed_args ${DEVICE:+--device $DEVICE} --out "$out/speed" \
-    | grep -v '^|' || echo "speed benchmark failed or ran out of time (rc $?)"
+    # shellcheck disable=SC2086
+    timeout "$1" python3 -m ralu.bench.speed $args ${DEVICE:+--device $DEVICE} --out "$out/speed" \
+        | grep -v '^|' || echo "speed benchmark failed or ran out of time (rc $?)"
+}
 
-left=$((budget - (SECONDS - start) - 90))  # the checks, the read-back and the packing take about 1.5 minutes
-minutes=$(python3 -c "print(max(0.5, round($left / 60 - 0.5, 2)))")
-echo "training for $minutes min"
-# tools/gpu_debug.py: the checks that found NaN on 2026-12-04's H200, then training with the first finite setting
-python3 tools/gpu_debug.py "$out/train" "$minutes" "${DEVICE:-cuda}" || echo "training failed (rc $?)"
-if [ -d "$out/train/toy" ]; then
-    tar -C "$out/train" -cf "$out/toy.tar" toy && cp "$out/train/readback.txt" "$out/readback.txt" 2>/dev/null
-    rm -rf "$out/train"
-fi
+train() {
+    local left=$(($1 - 90))  # the checks, the read-back and the packing take about 1.5 minutes
+    local minutes
+    minutes=$(python3 -c "print(max(0.5, round($left / 60 - 0.5, 2)))")
+    echo "training for $minutes min"
+    # tools/gpu_debug.py: the checks that found NaN on 2026-12-04's H200, then training with the first finite setting
+    python3 tools/gpu_debug.py "$out/train" "$minutes" "${DEVICE:-cuda}" || echo "training failed (rc $?)"
+    if [ -d "$out/train/toy" ]; then
+        tar -C "$out/train" -cf "$out/toy.tar" toy && cp "$out/train/readback.txt" "$out/readback.txt" 2>/dev/null
+        rm -rf "$out/train"
+    fi
+}
+
+read -r -a parts <<< "${PARTS:-speed train}"
+for i in "${!parts[@]}"; do
+    left=$((budget - (SECONDS - start)))
+    # the speed part takes 45% of the budget when it comes first; the last part takes what is left
+    if [ "$i" -lt $((${#parts[@]} - 1)) ] && [ "${parts[$i]}" = speed ]; then share=$((budget * 45 / 100));
+    elif [ "$i" -lt $((${#parts[@]} - 1)) ]; then share=$((left * 55 / 100)); else share=$left; fi
+    case "${parts[$i]}" in
+        speed) speed "$share" ;;
+        train) train "$share" ;;
+        *) echo "PARTS: unknown part ${parts[$i]} (speed, train)" ;;
+    esac
+done
 echo "session: $((SECONDS - start)) s"
