@@ -7,7 +7,7 @@ CUDA_LAUNCH_BLOCKING=1 a NaN loss from the first step, while the same code is fi
 on one batch: the loaded weights against the file, the forward on the device against the CPU's, and the
 loss and one fused-AdamW step under each scaled-dot-product-attention setting (torch's default choice,
 no cuDNN, math only). The first setting that stays finite trains for MINUTES (``ralu.demo.train``, the
-flags of tools/gpu_train.sh, a 40-step probe sizing the cosine schedule) and its 50-step baseline is read back
+the CPU runs' σ band, batch 128, 12 rendering workers, a 40-step probe sizing the cosine schedule) and its 50-step baseline is read back
 on 256 held-out captions (OUT/toy, OUT/readback.txt). BATCH, WORKERS and CAPTIONS in the environment override
 128, 12 and 256 (a CPU smoke test: BATCH=2 WORKERS=1 CAPTIONS=4 python tools/gpu_debug.py /tmp/gd 0.3 cpu).
 """

@@ -5,7 +5,7 @@
 #   2. issue 11: `tools/gpu_debug.py` (checks of the toy's training on the device, then the training, continued
 #      from the shipped weights, for the minutes left, then the read-back of its 50-step baseline).
 #
-#   bash tools/gpu_train.sh fetch          # here, once: diffusers' wheels into .whl/ (git ignores it)
+#   bash tools/gpu_session.sh fetch        # here, once: diffusers' wheels into .whl/ (git ignores it)
 #   bash tools/gpu_session.sh [SECONDS]    # on the device (the run tool, carry [".whl"]); SECONDS=450 in all
 #
 # PARTS="speed train" (the default) picks and orders the parts: the 2026-12-04 lease ran the speed part
@@ -17,6 +17,14 @@
 # part then runs batch 128 on the CPU: stop it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = fetch ]; then
+    grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl diffusers==0.42.1 importlib_metadata==8.7.0
+    ls .whl
+    exit 0
+fi
 start=$SECONDS
 budget=${1:-450}
 out=${OUT:-gpu-session}

@@ -383,12 +383,10 @@ def main(argv=None) -> int:
             parser.error(f"--render: no performance.json in {args.render}")
         record = json.loads(source.read_text())
         try:
-            text = markdown(record)
+            markdown(record)
         except KeyError as missing:
             parser.error(f"--render: {source} predates the field {missing} this version writes; rerun the benchmark")
-        (args.render / "performance.md").write_text(text)
-        plot(record, args.render / "efficiency.png")
-        print(f"rewrote {args.render / 'performance.md'} and efficiency.png from {source}")
+        write(record, args.render)
         return 0
     bad = [s for s in args.sizes if s <= 0 or s % 32]
     if bad or args.reps < 1 or args.baseline_steps < 1 or args.calibration_seconds < 0:
