@@ -197,3 +197,33 @@ def test_noise_downsample_acts_only_through_stage_one_start(model):
             latents.append(sample(model.adapter(prompts, 2.0, grid), noise, config, grid,
                                   generator=toy.renoise_generators(seeds)).latents)
     torch.testing.assert_close(latents[0], latents[1], rtol=0, atol=0)
+
+
+def test_a_grown_text_encoder_starts_as_the_identity_then_lets_words_see_the_caption(tmp_path):
+    encoder = toy.ToyTextEncoder()
+    ids = toy.ToyTokenizer()(["a small red circle left of a large blue square", "a small red circle above a large "
+                              "blue square", ""])
+    before = encoder(ids)
+    encoder.grow(2)
+    assert encoder.layers == 2
+    for old, new in zip(before, encoder(ids)):
+        assert torch.equal(old, new)  # exactly: the new blocks' residual branches write zeros
+    with pytest.raises(ValueError, match="layers can only grow"):
+        encoder.grow(1)
+    # once trained (here: random residual outputs), the colour word "red" (word 2) carries the relation, which
+    # the embeddings alone cannot: captions 0 and 1 differ only from word 4 on
+    torch.manual_seed(0)
+    for block in encoder.blocks:
+        for linear in (block.self_attn.out_proj, block.linear2):
+            torch.nn.init.normal_(linear.weight, std=0.2)
+    states, pooled = encoder(ids)
+    assert torch.equal(before[0][0, 2], before[0][1, 2])
+    assert not torch.allclose(states[0, 2], states[1, 2], atol=1e-3)
+    assert torch.isfinite(states[2]).all() and torch.equal(pooled[2], torch.zeros(64))  # the empty prompt: no words
+    # saved and loaded with its blocks (float16 storage)
+    model = toy.build_toy(1, num_attention_heads=2)
+    model.text_encoder = encoder
+    loaded = toy.load_toy(toy.save_toy(model, tmp_path / "m")).text_encoder
+    assert loaded.layers == 2
+    for p, q in zip(encoder.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(p.half().float(), q)

@@ -139,3 +139,21 @@ def test_a_non_finite_loss_stops_the_run_before_anything_is_saved(tmp_path, monk
         train.train(tmp_path / "nan", steps=3, batch=2, threads=1, log_every=1, checkpoint_every=0, width=64,
                     command="test")
     assert not (tmp_path / "nan" / "training.json").exists()
+
+
+def test_training_grows_an_initial_models_text_encoder_and_resumes_it_exactly(tmp_path):
+    base = toy.build_toy(3, num_attention_heads=2)
+    toy.save_toy(base, tmp_path / "base")
+    kwargs = dict(steps=3, batch=2, threads=1, log_every=1, checkpoint_every=1, init=tmp_path / "base", text_layers=1,
+                  command="test")
+    whole = train.train(tmp_path / "whole", **kwargs)
+    assert whole["text_layers"] == 1 and whole["parameters"]["text_encoder"] > 1984
+    train.train(tmp_path / "split", **kwargs, stop_before=2)
+    resumed = train.train(tmp_path / "split", **kwargs, resume=True)
+    assert [e["loss"] for e in resumed["log"]] == [e["loss"] for e in whole["log"]]
+    a, b = toy.load_toy(tmp_path / "whole").text_encoder, toy.load_toy(tmp_path / "split").text_encoder
+    assert a.layers == b.layers == 1
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    moved = a.blocks[0].linear2.weight.abs().max()  # the new block trained away from its zero start
+    assert moved > 0

@@ -11,7 +11,8 @@
   ``img_ids = [0, row, col]``, no guidance embedding; or its SD3-architecture twin
   (:data:`SD3_TRANSFORMER_CONFIG`).
 - Text: a word-level tokenizer over :data:`shapes.VOCABULARY` and :class:`ToyTextEncoder`
-  (learned word + position embeddings; pooled = mean over the words), trained with the model.
+  (learned word + position embeddings, optionally self-attention blocks over the caption; pooled =
+  mean over the words), trained with the model.
 
 Training is :mod:`ralu.demo.train`; :func:`load_toy` loads the shipped weights.
 """
@@ -103,17 +104,48 @@ class ToyTokenizer:
 
 
 class ToyTextEncoder(nn.Module):
-    """Word + position embeddings: ids (B, T) → states (B, T, dim) and pooled (B, dim), the mean over words."""
+    """Word + position embeddings, then ``layers`` pre-norm self-attention blocks (4 heads, MLP 4×dim) that
+    let every word see the whole caption, as a real text encoder's states do: ids (B, T) → states (B, T, dim)
+    and pooled (B, dim), the mean over the words (pads excluded).
 
-    def __init__(self, vocab_size: int = len(VOCABULARY), max_words: int = MAX_WORDS, dim: int = TEXT_DIM):
+    With ``layers=0`` the states are the embeddings alone: a colour word then says nothing of its object's
+    place in the caption, and the transformer must bind words to objects itself (the toy's weights up to
+    version 2 were trained so). :meth:`grow` adds blocks that start as the identity.
+    """
+
+    def __init__(self, vocab_size: int = len(VOCABULARY), max_words: int = MAX_WORDS, dim: int = TEXT_DIM,
+                 layers: int = 0):
         super().__init__()
         self.words = nn.Embedding(vocab_size, dim)
         self.positions = nn.Parameter(torch.zeros(max_words, dim))
         nn.init.normal_(self.words.weight, std=0.5)
         nn.init.normal_(self.positions, std=0.1)
+        self.blocks = nn.ModuleList()
+        self.grow(layers)
+
+    def grow(self, layers: int) -> None:
+        """Add blocks up to ``layers`` in all; each new one starts as the identity (its residual branches'
+        output projections are zero), so a trained encoder's states are unchanged until training moves them."""
+        if layers < len(self.blocks):
+            raise ValueError(f"text encoder layers can only grow, from {len(self.blocks)}; got {layers}")
+        dim = self.words.embedding_dim
+        device = self.positions.device
+        while len(self.blocks) < layers:
+            block = nn.TransformerEncoderLayer(dim, nhead=4, dim_feedforward=4 * dim, dropout=0.0,
+                                               batch_first=True, norm_first=True).to(device)
+            for linear in (block.self_attn.out_proj, block.linear2):
+                nn.init.zeros_(linear.weight)
+                nn.init.zeros_(linear.bias)
+            self.blocks.append(block)
+
+    @property
+    def layers(self) -> int:
+        return len(self.blocks)
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         states = self.words(ids) + self.positions[: ids.shape[1]]
+        for block in self.blocks:  # no padding mask: the empty prompt is all pads and must still give states
+            states = block(states)
         present = (ids != 0).to(states.dtype)[..., None]
         pooled = (states * present).sum(1) / present.sum(1).clamp(min=1.0)
         return states, pooled
@@ -197,7 +229,7 @@ def save_toy(model: ToyModel, folder: str | Path, dtype: torch.dtype = torch.flo
     save_file(state, str(folder / "text_encoder.safetensors"))
     (folder / "text_encoder.json").write_text(json.dumps(dict(
         vocabulary=list(model.tokenizer.vocabulary), max_words=model.tokenizer.max_words,
-        dim=model.text_encoder.words.embedding_dim), indent=1) + "\n")
+        dim=model.text_encoder.words.embedding_dim, layers=model.text_encoder.layers), indent=1) + "\n")
     return folder
 
 
@@ -213,7 +245,7 @@ def load_toy(folder: str | Path | None = None, device: str | torch.device = "cpu
     transformer = _transformer_class(name).from_pretrained(folder / "transformer", torch_dtype=torch.float32)
     spec = json.loads((folder / "text_encoder.json").read_text())
     tokenizer = ToyTokenizer(spec["vocabulary"], spec["max_words"])
-    text_encoder = ToyTextEncoder(len(spec["vocabulary"]), spec["max_words"], spec["dim"])
+    text_encoder = ToyTextEncoder(len(spec["vocabulary"]), spec["max_words"], spec["dim"], spec.get("layers", 0))
     text_encoder.load_state_dict({k: v.float() for k, v in load_file(str(folder / "text_encoder.safetensors")).items()})
     transformer.to(device).eval()
     text_encoder.to(device).eval()

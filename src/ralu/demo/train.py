@@ -164,7 +164,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
           checkpoint_every: int = 250, max_minutes: float | None = None, init: str | Path | None = None,
           resume: bool = False, architecture: str = "flux", autocast: bool | None = None, width: int | None = None,
           stop_before: int | None = None, command: str | None = None, device: str = "cpu", workers: int = 0,
-          sigma_band: Sequence[float] | None = None) -> dict:
+          sigma_band: Sequence[float] | None = None, text_layers: int | None = None) -> dict:
     """Train and save the EMA weights to ``out`` with ``training.json``; see the module docstring.
 
     Step i renders ``shapes.scenes(seed · 1_000_003 + i, batch)``: 64 px on even steps, 32 px on
@@ -178,6 +178,8 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
     :func:`training_device`; checkpoints hold CPU tensors, so a run can resume on another device.
     ``autocast``: bfloat16 autocast; None (default) uses it on a GPU and where the CPU has bf16
     instructions (:func:`~ralu.demo.model.bf16_is_fast`). ``sigma_band``: see :func:`sample_sigmas`.
+    ``text_layers``: grow the text encoder to this many self-attention blocks
+    (:meth:`~ralu.demo.model.ToyTextEncoder.grow`; new blocks start as the identity), before a resume too.
     """
     device = training_device(device)
     band = check_band(sigma_band)
@@ -194,8 +196,11 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
     else:
         overrides = {} if width is None else dict(num_attention_heads=width // 32)
         model = build_toy(seed, architecture, **overrides)
+    if text_layers is not None:
+        torch.manual_seed(seed)  # the new blocks' random weights (their zeroed outputs aside)
+        model.text_encoder.grow(text_layers)
     model.transformer.to(device).train()
-    model.text_encoder.to(device)
+    model.text_encoder.to(device).train()
     params = list(model.transformer.parameters()) + list(model.text_encoder.parameters())
     averaged = [p.detach().clone() for p in params]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.99), fused=True)
@@ -256,6 +261,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         sigma_sampling=f"{UNIFORM_SHARE:g} uniform + {1 - UNIFORM_SHARE:g} shift_{BASE_SHIFT:g}(uniform)"
         + ("" if band is None else f"; {band[2]:g} of them replaced by uniform[{band[0]:g}, {band[1]:g}]"),
         architecture=model.architecture, transformer=dict(model.transformer.config),
+        text_layers=model.text_encoder.layers,
         parameters=dict(transformer=sum(p.numel() for p in model.transformer.parameters()),
                         text_encoder=sum(p.numel() for p in model.text_encoder.parameters())),
         final_loss=round(sum(losses[-100:]) / len(losses[-100:]), 5) if losses else (log[-1]["loss"] if log else None),
@@ -287,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-every", type=int, default=50, help="steps per loss entry in the log")
     parser.add_argument("--sigma-band", type=float, nargs=3, metavar=("LOW", "HIGH", "SHARE"),
                         help="draw SHARE of the noise levels uniformly from [LOW, HIGH]")
+    parser.add_argument("--text-layers", type=int,
+                        help="grow the text encoder to this many self-attention blocks (new ones start as the "
+                             "identity)")
     parser.add_argument("--max-minutes", type=float, help="stop early after this long, saving what there is")
     parser.add_argument("--init", type=Path, help="start from this saved model (fresh optimiser and schedule)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/checkpoint exactly")
@@ -296,13 +305,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {args.workers}")
         check_band(args.sigma_band)
+        if args.text_layers is not None and args.text_layers < 0:
+            raise ValueError(f"--text-layers must be >= 0, got {args.text_layers}")
     except ValueError as error:
         parser.error(str(error))
     record = train(args.out, args.steps, args.seed, args.batch, args.lr, ema=args.ema, threads=args.threads,
                    log_every=args.log_every, checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes,
                    init=args.init, resume=args.resume, architecture=args.arch,
                    autocast=AUTOCAST_CHOICES[args.dtype], width=args.width, device=args.device, workers=args.workers,
-                   sigma_band=args.sigma_band)
+                   sigma_band=args.sigma_band, text_layers=args.text_layers)
     print(f"saved {args.out}: {record['stopped_at'] or record['steps']} steps, final loss {record['final_loss']}, "
           f"{record['wall_seconds']:.0f} s")
     return 0
