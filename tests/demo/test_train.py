@@ -157,3 +157,26 @@ def test_training_grows_an_initial_models_text_encoder_and_resumes_it_exactly(tm
         assert torch.equal(p, q)
     moved = a.blocks[0].linear2.weight.abs().max()  # the new block trained away from its zero start
     assert moved > 0
+
+
+def test_the_text_encoders_learning_rate_scale_moves_only_the_text_encoder_faster(tmp_path):
+    """Adam's first step moves every parameter with a gradient by about its learning rate: the text encoder's
+    step grows with text_lr_scale, the transformer's does not."""
+    base = toy.build_toy(3, num_attention_heads=2)
+    toy.save_toy(base, tmp_path / "base")
+    start = toy.load_toy(tmp_path / "base")
+
+    def steps(scale):  # one step, read back from the float32 training state saved after it
+        train.train(tmp_path / f"s{scale}", steps=2, batch=2, threads=1, checkpoint_every=1, stop_before=1,
+                    init=tmp_path / "base", text_lr_scale=scale, command="test")
+        saved = torch.load(tmp_path / f"s{scale}" / "checkpoint" / "state.pt", weights_only=False)["params"]
+        before = list(start.transformer.parameters()) + list(start.text_encoder.parameters())
+        moved = [(a - b).abs().max().item() for a, b in zip(saved, before)]
+        split = len(list(start.transformer.parameters()))
+        return max(moved[split:]), max(moved[:split])
+
+    (text_1, transformer_1), (text_10, transformer_10) = steps(1.0), steps(10.0)
+    assert text_10 / text_1 == pytest.approx(10, rel=0.2)
+    assert transformer_10 / transformer_1 == pytest.approx(1, rel=0.2)
+    with pytest.raises(ValueError, match="text_lr_scale"):
+        train.train(tmp_path / "bad", steps=1, init=tmp_path / "base", text_lr_scale=0.0)

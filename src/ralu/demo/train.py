@@ -164,7 +164,8 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
           checkpoint_every: int = 250, max_minutes: float | None = None, init: str | Path | None = None,
           resume: bool = False, architecture: str = "flux", autocast: bool | None = None, width: int | None = None,
           stop_before: int | None = None, command: str | None = None, device: str = "cpu", workers: int = 0,
-          sigma_band: Sequence[float] | None = None, text_layers: int | None = None) -> dict:
+          sigma_band: Sequence[float] | None = None, text_layers: int | None = None,
+          text_lr_scale: float = 1.0) -> dict:
     """Train and save the EMA weights to ``out`` with ``training.json``; see the module docstring.
 
     Step i renders ``shapes.scenes(seed · 1_000_003 + i, batch)``: 64 px on even steps, 32 px on
@@ -180,6 +181,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
     instructions (:func:`~ralu.demo.model.bf16_is_fast`). ``sigma_band``: see :func:`sample_sigmas`.
     ``text_layers``: grow the text encoder to this many self-attention blocks
     (:meth:`~ralu.demo.model.ToyTextEncoder.grow`; new blocks start as the identity), before a resume too.
+    ``text_lr_scale``: the text encoder's learning rate as a multiple of ``lr`` (same warm-up and decay).
     """
     device = training_device(device)
     band = check_band(sigma_band)
@@ -201,9 +203,13 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         model.text_encoder.grow(text_layers)
     model.transformer.to(device).train()
     model.text_encoder.to(device).train()
-    params = list(model.transformer.parameters()) + list(model.text_encoder.parameters())
+    if not text_lr_scale > 0:
+        raise ValueError(f"text_lr_scale must be > 0, got {text_lr_scale}")
+    groups = [dict(params=list(model.transformer.parameters()), scale=1.0),
+              dict(params=list(model.text_encoder.parameters()), scale=float(text_lr_scale))]
+    params = [p for group in groups for p in group["params"]]
     averaged = [p.detach().clone() for p in params]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.99), fused=True)
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, betas=(0.9, 0.99), fused=True)
     generator = torch.Generator().manual_seed(seed)
     first, log, elapsed = 0, [], 0.0
     state_file = out / "checkpoint" / "state.pt"
@@ -229,7 +235,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
             break
         images = images.to(device, non_blocking=True)
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, steps, lr, warmup)
+            group["lr"] = _learning_rate(step, steps, lr * group["scale"], warmup)
         loss = flow_loss(model, images, captions, generator, caption_drop, autocast, band)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -261,7 +267,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         sigma_sampling=f"{UNIFORM_SHARE:g} uniform + {1 - UNIFORM_SHARE:g} shift_{BASE_SHIFT:g}(uniform)"
         + ("" if band is None else f"; {band[2]:g} of them replaced by uniform[{band[0]:g}, {band[1]:g}]"),
         architecture=model.architecture, transformer=dict(model.transformer.config),
-        text_layers=model.text_encoder.layers,
+        text_layers=model.text_encoder.layers, text_lr_scale=text_lr_scale,
         parameters=dict(transformer=sum(p.numel() for p in model.transformer.parameters()),
                         text_encoder=sum(p.numel() for p in model.text_encoder.parameters())),
         final_loss=round(sum(losses[-100:]) / len(losses[-100:]), 5) if losses else (log[-1]["loss"] if log else None),
@@ -296,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--text-layers", type=int,
                         help="grow the text encoder to this many self-attention blocks (new ones start as the "
                              "identity)")
+    parser.add_argument("--text-lr-scale", type=float, default=1.0,
+                        help="the text encoder's learning rate as a multiple of --lr (default 1)")
     parser.add_argument("--max-minutes", type=float, help="stop early after this long, saving what there is")
     parser.add_argument("--init", type=Path, help="start from this saved model (fresh optimiser and schedule)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/checkpoint exactly")
@@ -307,13 +315,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_band(args.sigma_band)
         if args.text_layers is not None and args.text_layers < 0:
             raise ValueError(f"--text-layers must be >= 0, got {args.text_layers}")
+        if not args.text_lr_scale > 0:
+            raise ValueError(f"--text-lr-scale must be > 0, got {args.text_lr_scale}")
     except ValueError as error:
         parser.error(str(error))
     record = train(args.out, args.steps, args.seed, args.batch, args.lr, ema=args.ema, threads=args.threads,
                    log_every=args.log_every, checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes,
                    init=args.init, resume=args.resume, architecture=args.arch,
                    autocast=AUTOCAST_CHOICES[args.dtype], width=args.width, device=args.device, workers=args.workers,
-                   sigma_band=args.sigma_band, text_layers=args.text_layers)
+                   sigma_band=args.sigma_band, text_layers=args.text_layers, text_lr_scale=args.text_lr_scale)
     print(f"saved {args.out}: {record['stopped_at'] or record['steps']} steps, final loss {record['final_loss']}, "
           f"{record['wall_seconds']:.0f} s")
     return 0
