@@ -8,11 +8,12 @@ over the noises, relative to the pair that swaps one colour word (a change the m
 
 - relation word: "left of" ↔ "right of" and "above" ↔ "below" (same objects, same order);
 - object order: the two objects swapped around the same relation word;
+- kind swap: the two objects' kinds exchanged (the same words, so the same bag of words);
 - colour: one object's colour changed (the reference, 1.0); then the same change made in the token
   sequence only (pooled vector kept) and in the pooled vector only (sequence kept): which path carries it.
 
-A model that binds words to places scores the first two near the third; one that reads the caption as a bag of
-words scores them near 0 (the relation words change the bag a little; the order swap not at all). It then
+A model that binds words to places and objects scores the first three near the colour change; one that reads the
+caption as a bag of words scores them near 0 (the relation words change the bag a little; the swaps not at all). It then
 prints the predicted clean image's red-minus-blue balance, left half minus right half and top minus bottom, for
 "a large red circle <relation> a large blue circle": a model that knows the relation puts red where the caption
 says, and the four relations' balances differ in sign.
@@ -35,6 +36,9 @@ PAIRS = {
     "object order": [("a large red circle left of a large blue square", "a large blue square left of a large red circle"),
                      ("a small green triangle above a large purple circle",
                       "a large purple circle above a small green triangle")],
+    "kind swap": [("a large red circle left of a large blue square", "a large red square left of a large blue circle"),
+                  ("a small green triangle above a large purple circle",
+                   "a small green circle above a large purple triangle")],
     "colour": [("a large red circle left of a large blue square", "a large yellow circle left of a large blue square"),
                ("a small green triangle above a large purple circle",
                 "a small orange triangle above a large purple circle")],
