@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "pooled_pairs.py"
+from tests.eval import load_tool
 
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("pooled_pairs", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+TOOL = "pooled_pairs"
 
 
 def write_run(folder: Path, a: list, b: list) -> None:
@@ -28,7 +22,7 @@ def write_run(folder: Path, a: list, b: list) -> None:
 
 
 def test_pairs_are_matched_by_prompt_and_pooled_over_runs(tmp_path, capsys):
-    tool = load_tool()
+    tool = load_tool(TOOL)
     write_run(tmp_path / "one", [1, 0, 1, 1], [0, 0, 1, 0])
     write_run(tmp_path / "two", [0, 1, None, 0], [0, 0, 1, 1])
     assert tool.main([str(tmp_path / "one"), str(tmp_path / "two"), "--pair", "A=B",

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from ralu.demo import model as toy
+from tests.eval import load_tool
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "relation_probe.py"
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("relation_probe", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+TOOL = "relation_probe"
 
 
 @torch.no_grad()
 def test_a_bag_of_words_model_scores_zero_for_order_and_relation_and_a_position_aware_one_does_not():
-    probe = load_tool()
+    probe = load_tool(TOOL)
     model = toy.build_toy(5, num_attention_heads=2)
     for p in model.transformer.parameters():  # larger than the near-zero init, so text conditioning matters
         p.normal_(0, 0.05)
@@ -45,6 +36,6 @@ def test_a_bag_of_words_model_scores_zero_for_order_and_relation_and_a_position_
 
 
 def test_the_probe_refuses_the_sd3_twin():
-    probe = load_tool()
+    probe = load_tool(TOOL)
     with pytest.raises(SystemExit, match="model must be the FLUX toy"):
         probe.main([str(toy.SD3_DATA_DIR), "2"])
