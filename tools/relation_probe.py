@@ -12,9 +12,9 @@ over the noises, relative to the pair that swaps one colour word (a change the m
 - colour: one object's colour changed (the reference, 1.0); then the same change made in the token
   sequence only (pooled vector kept) and in the pooled vector only (sequence kept): which path carries it.
 
-A model that binds words to places and objects scores the first three near the colour change; one that reads the
-caption as a bag of words scores them near 0 (the relation words change the bag a little; the swaps not at all). It then
-prints the predicted clean image's red-minus-blue balance, left half minus right half and top minus bottom, for
+A model that binds words to places and objects scores the first three near the colour change; one that reads
+the caption as a bag of words scores them near 0 (the relation words change the bag a little; the swaps not at
+all). It then prints the predicted clean image's red-minus-blue balance, left half minus right half and top minus bottom, for
 "a large red circle <relation> a large blue circle": a model that knows the relation puts red where the caption
 says, and the four relations' balances differ in sign.
 """
@@ -29,20 +29,17 @@ from ralu.demo.model import decode_tokens, initial_noise, load_toy, token_grid
 from ralu.demo.shapes import COLOURS
 from ralu.layout import grid_positions
 
-PAIRS = {
-    "relation word": [("a large red circle left of a large blue square", "a large red circle right of a large blue square"),
-                      ("a small green triangle above a large purple circle",
-                       "a small green triangle below a large purple circle")],
-    "object order": [("a large red circle left of a large blue square", "a large blue square left of a large red circle"),
-                     ("a small green triangle above a large purple circle",
-                      "a large purple circle above a small green triangle")],
-    "kind swap": [("a large red circle left of a large blue square", "a large red square left of a large blue circle"),
-                  ("a small green triangle above a large purple circle",
-                   "a small green circle above a large purple triangle")],
-    "colour": [("a large red circle left of a large blue square", "a large yellow circle left of a large blue square"),
-               ("a small green triangle above a large purple circle",
-                "a small orange triangle above a large purple circle")],
+# two base captions, and for each kind of change the two captions changed in that one respect
+BASES = ("a large red circle left of a large blue square", "a small green triangle above a large purple circle")
+CHANGED = {
+    "relation word": ("a large red circle right of a large blue square",
+                      "a small green triangle below a large purple circle"),
+    "object order": ("a large blue square left of a large red circle",
+                     "a large purple circle above a small green triangle"),
+    "kind swap": ("a large red square left of a large blue circle", "a small green circle above a large purple triangle"),
+    "colour": ("a large yellow circle left of a large blue square", "a small orange triangle above a large purple circle"),
 }
+PAIRS = {name: list(zip(BASES, changed)) for name, changed in CHANGED.items()}
 
 
 def velocity(model, states: torch.Tensor, pooled: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
