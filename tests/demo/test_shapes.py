@@ -63,10 +63,9 @@ def test_check_prompt_accepts_the_generators_own_images():
 
 def test_check_prompt_rejects_wrong_captions():
     two = [s for s in shapes.scenes(17, 80) if s.relation is not None][:20]
-    flipped = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
     for scene in two:
         image = shapes.render(scene, 64)
-        wrong_relation = dataclasses.replace(scene, relation=flipped[scene.relation])
+        wrong_relation = dataclasses.replace(scene, relation=shapes.OPPOSITE[scene.relation])
         assert shapes.check_prompt(image, wrong_relation)["relation"] == 0.0
         colours = {o.colour for o in scene.objects}
         other = next(c for c in shapes.COLOURS if c not in colours)
@@ -74,6 +73,23 @@ def test_check_prompt_rejects_wrong_captions():
                                                          scene.objects[1]))
         result = shapes.check_prompt(image, recoloured)
         assert result["colour"] == 0.5 and result["all"] == 0.0
+
+
+def test_a_mirrored_scene_flips_the_relation_word_and_the_arrangement_and_still_reads_back():
+    for scene in shapes.scenes(19, 60):
+        partner = shapes.mirrored(scene)
+        twice = shapes.mirrored(partner)  # the original, up to the rounding of 1 - (1 - x)
+        assert twice.caption == scene.caption
+        assert np.allclose([o.center for o in twice.objects], [o.center for o in scene.objects], atol=1e-12)
+        assert [o.phrase for o in partner.objects] == [o.phrase for o in scene.objects]
+        if scene.relation is not None:
+            assert partner.relation == shapes.OPPOSITE[scene.relation] and partner.caption != scene.caption
+            # the original picture no longer fits the partner's caption, the partner's own picture does
+            assert shapes.check_prompt(shapes.render(scene, 64), partner)["relation"] == 0.0
+        else:
+            assert partner.caption == scene.caption
+        assert shapes.check_prompt(shapes.render(partner, 64), partner)["all"] == 1.0, partner.caption
+        assert not np.array_equal(shapes.render(partner, 64), shapes.render(scene, 64))
 
 
 @pytest.mark.parametrize("kind", shapes.KINDS)

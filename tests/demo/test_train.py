@@ -180,3 +180,51 @@ def test_the_text_encoders_learning_rate_scale_moves_only_the_text_encoder_faste
     assert transformer_10 / transformer_1 == pytest.approx(1, rel=0.2)
     with pytest.raises(ValueError, match="text_lr_scale"):
         train.train(tmp_path / "bad", steps=1, init=tmp_path / "base", text_lr_scale=0.0)
+
+
+def test_relation_pairs_share_their_noise_and_add_the_mse_of_their_difference():
+    """With a model that predicts 0, the pair term is pair_weight × mean((x0_a - x0_b)²) exactly: the shared
+    noise cancels in the target difference (independent noise would add 2·E[ε²] = 2)."""
+    batch = train.RenderedBatches(seed=4, batch=8, pairs=True)
+    images, captions = batch[0]
+    model = toy.build_toy(0)
+    model.transformer.forward = lambda hidden_states, **kwargs: (torch.zeros_like(hidden_states),)
+
+    def loss(weight):
+        return train.flow_loss(model, images, captions, torch.Generator().manual_seed(0), drop=0.1,
+                               pair_weight=weight).item()
+
+    x0 = toy.encode_images(images)
+    expected = (x0[:4] - x0[4:]).pow(2).mean().item()
+    assert 0.01 < expected < 1.0
+    assert loss(2.0) - loss(0.0) == pytest.approx(2.0 * expected, rel=1e-4)
+
+
+def test_paired_batches_are_scenes_then_their_mirrored_partners():
+    images, captions = train.RenderedBatches(seed=4, batch=8, pairs=True)[0]
+    first = shapes.scenes(4 * 1_000_003, 4)
+    partners = [shapes.mirrored(s) for s in first]
+    assert captions == [s.caption for s in first + partners]
+    assert np.array_equal(images[4:].numpy(), shapes.render_batch(partners, 64))
+    with pytest.raises(ValueError, match="even"):
+        train.RenderedBatches(seed=4, batch=7, pairs=True)
+
+
+def test_a_training_run_uses_and_records_its_relation_pairs(tmp_path, monkeypatch):
+    kwargs = dict(steps=2, batch=4, threads=1, log_every=1, checkpoint_every=0, width=64, command="test")
+    plain = train.train(tmp_path / "plain", **kwargs)
+    real, seen = train.flow_loss, []
+
+    def spy(model, images, captions, *args):
+        seen.append((list(captions), args[-1]))
+        return real(model, images, captions, *args)
+
+    monkeypatch.setattr(train, "flow_loss", spy)
+    paired = train.train(tmp_path / "pairs", **kwargs, relation_pairs=1.0)
+    first = shapes.scenes(1 * 1_000_003, 2)  # step 0 of seed 1
+    assert seen[0] == ([s.caption for s in first + [shapes.mirrored(s) for s in first]], 1.0)
+    assert paired["relation_pairs"] == 1.0 and plain["relation_pairs"] is None
+    assert paired["log"][0]["loss"] != plain["log"][0]["loss"]
+    for bad, match in ((-1.0, ">= 0"), (1.0, "even batch")):
+        with pytest.raises(ValueError, match=f"relation_pairs.*{match}"):
+            train.train(tmp_path / "bad", steps=1, batch=3 if match == "even batch" else 4, relation_pairs=bad)

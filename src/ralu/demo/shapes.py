@@ -208,6 +208,20 @@ def random_scene(rng: np.random.Generator) -> Scene:
     return Scene(tuple(objects), relation, (level, level), 0.0)
 
 
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def mirrored(scene: Scene) -> Scene:
+    """The scene with its relation word flipped and its objects' centres mirrored across the image's middle
+    on that relation's axis (left-right for one object), shapes unflipped: the same objects, the other
+    arrangement, so that the caption still holds. Its own inverse."""
+    vertical = scene.relation in ("above", "below")
+    objects = tuple(Shape(o.kind, o.colour, o.size, (o.center[0], 1.0 - o.center[1]) if vertical
+                          else (1.0 - o.center[0], o.center[1]), o.radius) for o in scene.objects)
+    relation = None if scene.relation is None else OPPOSITE[scene.relation]
+    return Scene(objects, relation, scene.background, scene.direction)
+
+
 def scenes(seed: int, count: int) -> list[Scene]:
     """``count`` scenes from one seed (the same list for the same seed)."""
     rng = np.random.default_rng(seed)

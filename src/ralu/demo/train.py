@@ -11,6 +11,9 @@ stock schedule's density at shift 3 (``shift_3(u)``, mostly high noise, where th
 decided) and uniform (low noise too, where edges are sharpened). Full (64 px) and half (32 px)
 batches alternate, so the model also knows the half resolution RALU's first stage runs at.
 10% of the captions are dropped so that classifier-free guidance works.
+``--relation-pairs W`` pairs each scene with its mirror image under the opposite relation word, on the
+same noise, and adds W × the MSE of the pair's velocity difference: the toy otherwise reads captions as a
+bag of words (``tools/relation_probe.py``).
 
 The same script trains on a GPU (``--device cuda``, bfloat16 autocast there by default), with
 ``--workers`` processes rendering the batches ahead; a step's batch depends on the step alone, so
@@ -35,7 +38,7 @@ from ..layout import grid_positions, tokens_to_latent
 from ..schedule import shift_sigmas
 from .model import (ARCHITECTURES, AUTOCAST_CHOICES, BASE_SHIFT, RESOLUTION, ToyModel, bf16_is_fast, build_toy,
                     cpu_facts, encode_images, load_toy, save_toy)
-from .shapes import render_batch, scenes
+from .shapes import mirrored, render_batch, scenes
 
 UNIFORM_SHARE = 0.5  # share of σ drawn uniformly; the rest from shift_3(uniform)
 
@@ -68,17 +71,29 @@ def check_band(band: Sequence[float] | None) -> tuple[float, float, float] | Non
 
 
 def flow_loss(model: ToyModel, images: torch.Tensor, captions: list[str], generator: torch.Generator,
-              drop: float, autocast: bool = False, band: tuple[float, float, float] | None = None) -> torch.Tensor:
+              drop: float, autocast: bool = False, band: tuple[float, float, float] | None = None,
+              pair_weight: float | None = None) -> torch.Tensor:
     """Rectified-flow MSE of the velocity on a batch of images (B, 3, H, W) in [-1, 1], on the
-    images' device. The random draws come from ``generator`` (a CPU generator) whatever the device."""
+    images' device. The random draws come from ``generator`` (a CPU generator) whatever the device.
+
+    ``pair_weight``: the batch's second half is its first half's mirrored partners (:class:`RenderedBatches`
+    with ``pairs``); each pair shares its noise, noise level and caption drop, and the loss adds
+    ``pair_weight`` × the MSE of the pair's velocity difference against its target difference, which is
+    non-zero only where the arrangement differs: a direct signal to read the relation word."""
     device = images.device
     x0 = encode_images(images)
     batch, tokens, _ = x0.shape
     side = math.isqrt(tokens)
-    keep = torch.rand(batch, generator=generator) >= drop
+    draws = batch if pair_weight is None else batch // 2
+    keep = torch.rand(draws, generator=generator) >= drop
+    sigma = sample_sigmas(draws, generator, band)
+    noise = torch.randn((draws, *x0.shape[1:]), generator=generator)
+    if pair_weight is not None:
+        if batch % 2:
+            raise ValueError(f"batch must be even for relation pairs, got {batch}")
+        keep, sigma, noise = keep.repeat(2), sigma.repeat(2), noise.repeat(2, 1, 1)
     captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
-    sigma = sample_sigmas(batch, generator, band).to(device)
-    noise = torch.randn(x0.shape, generator=generator).to(device)
+    sigma, noise = sigma.to(device), noise.to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         states, pooled = model.text_encoder(model.tokenizer(captions).to(device))
         if model.architecture == "sd3":  # the latent image; the model patchifies and crops its table itself
@@ -92,7 +107,22 @@ def flow_loss(model: ToyModel, images: torch.Tensor, captions: list[str], genera
             v = model.transformer(hidden_states=x, timestep=sigma, pooled_projections=pooled,
                                   encoder_hidden_states=states, txt_ids=torch.zeros(states.shape[1], 3, device=device),
                                   img_ids=img_ids, return_dict=False)[0]
-    return F.mse_loss(v.float(), noise - x0)
+    v, target = v.float(), noise - x0
+    loss = F.mse_loss(v, target)
+    if pair_weight:
+        half = batch // 2
+        loss = loss + pair_weight * F.mse_loss(v[:half] - v[half:], target[:half] - target[half:])
+    return loss
+
+
+def check_pairs(weight: float | None, batch: int) -> None:
+    """ValueError naming relation_pairs unless it is None, or >= 0 with an even batch."""
+    if weight is None:
+        return
+    if not weight >= 0:
+        raise ValueError(f"relation_pairs must be >= 0, got {weight}")
+    if batch % 2:
+        raise ValueError(f"relation_pairs needs an even batch (scene + mirrored partner), got batch {batch}")
 
 
 def _learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -130,14 +160,19 @@ def training_device(name: str) -> torch.device:
 
 class RenderedBatches(torch.utils.data.Dataset):
     """Step i → (images (batch, 3, size, size) in [-1, 1], captions) of ``shapes.scenes(seed · 1_000_003 + i,
-    batch)``, 64 px on even steps and 32 px on odd ones: the training data, a function of the step alone."""
+    batch)``, 64 px on even steps and 32 px on odd ones: the training data, a function of the step alone.
+    With ``pairs``, half as many scenes followed by their :func:`~ralu.demo.shapes.mirrored` partners."""
 
-    def __init__(self, seed: int, batch: int):
-        self.seed, self.batch = seed, batch
+    def __init__(self, seed: int, batch: int, pairs: bool = False):
+        if pairs and batch % 2:
+            raise ValueError(f"batch must be even for relation pairs, got {batch}")
+        self.seed, self.batch, self.pairs = seed, batch, pairs
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, list[str]]:
         size = RESOLUTION if step % 2 == 0 else RESOLUTION // 2
-        batch_scenes = scenes(self.seed * 1_000_003 + step, self.batch)
+        batch_scenes = scenes(self.seed * 1_000_003 + step, self.batch // 2 if self.pairs else self.batch)
+        if self.pairs:
+            batch_scenes += [mirrored(s) for s in batch_scenes]
         return torch.from_numpy(render_batch(batch_scenes, size)), [s.caption for s in batch_scenes]
 
 
@@ -165,7 +200,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
           resume: bool = False, architecture: str = "flux", autocast: bool | None = None, width: int | None = None,
           stop_before: int | None = None, command: str | None = None, device: str = "cpu", workers: int = 0,
           sigma_band: Sequence[float] | None = None, text_layers: int | None = None,
-          text_lr_scale: float = 1.0) -> dict:
+          text_lr_scale: float = 1.0, relation_pairs: float | None = None) -> dict:
     """Train and save the EMA weights to ``out`` with ``training.json``; see the module docstring.
 
     Step i renders ``shapes.scenes(seed · 1_000_003 + i, batch)``: 64 px on even steps, 32 px on
@@ -182,11 +217,14 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
     ``text_layers``: grow the text encoder to this many self-attention blocks
     (:meth:`~ralu.demo.model.ToyTextEncoder.grow`; new blocks start as the identity), before a resume too.
     ``text_lr_scale``: the text encoder's learning rate as a multiple of ``lr`` (same warm-up and decay).
+    ``relation_pairs``: train on mirrored pairs with this weight on their difference (``pair_weight`` of
+    :func:`flow_loss`; 0 pairs them without the extra term); None trains on independent scenes.
     """
     device = training_device(device)
     band = check_band(sigma_band)
     if workers < 0:
         raise ValueError(f"workers must be >= 0 (0 renders in the training process), got {workers}")
+    check_pairs(relation_pairs, batch)
     autocast = (device.type == "cuda" or bf16_is_fast()) if autocast is None else autocast
     torch.set_num_threads(threads)
     out = Path(out)
@@ -225,7 +263,8 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         generator.set_state(state["generator"])
         first, log, elapsed = state["step"], state["log"], state["elapsed"]
         print(f"resumed at step {first} ({elapsed / 60:.1f} min so far)", flush=True)
-    batches = torch.utils.data.DataLoader(RenderedBatches(seed, batch), batch_size=None,
+    batches = torch.utils.data.DataLoader(RenderedBatches(seed, batch, relation_pairs is not None),
+                                          batch_size=None,
                                           sampler=range(first, steps), num_workers=workers,
                                           pin_memory=device.type == "cuda")
     start, losses, stopped_at = time.perf_counter() - elapsed, [], None
@@ -236,7 +275,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         images = images.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, steps, lr * group["scale"], warmup)
-        loss = flow_loss(model, images, captions, generator, caption_drop, autocast, band)
+        loss = flow_loss(model, images, captions, generator, caption_drop, autocast, band, relation_pairs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -267,7 +306,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         sigma_sampling=f"{UNIFORM_SHARE:g} uniform + {1 - UNIFORM_SHARE:g} shift_{BASE_SHIFT:g}(uniform)"
         + ("" if band is None else f"; {band[2]:g} of them replaced by uniform[{band[0]:g}, {band[1]:g}]"),
         architecture=model.architecture, transformer=dict(model.transformer.config),
-        text_layers=model.text_encoder.layers, text_lr_scale=text_lr_scale,
+        text_layers=model.text_encoder.layers, text_lr_scale=text_lr_scale, relation_pairs=relation_pairs,
         parameters=dict(transformer=sum(p.numel() for p in model.transformer.parameters()),
                         text_encoder=sum(p.numel() for p in model.text_encoder.parameters())),
         final_loss=round(sum(losses[-100:]) / len(losses[-100:]), 5) if losses else (log[-1]["loss"] if log else None),
@@ -304,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "identity)")
     parser.add_argument("--text-lr-scale", type=float, default=1.0,
                         help="the text encoder's learning rate as a multiple of --lr (default 1)")
+    parser.add_argument("--relation-pairs", type=float, metavar="WEIGHT",
+                        help="train on scenes and their mirrored partners (relation word flipped, same noise), "
+                             "adding WEIGHT x the MSE of each pair's velocity difference")
     parser.add_argument("--max-minutes", type=float, help="stop early after this long, saving what there is")
     parser.add_argument("--init", type=Path, help="start from this saved model (fresh optimiser and schedule)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/checkpoint exactly")
@@ -317,13 +359,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--text-layers must be >= 0, got {args.text_layers}")
         if not args.text_lr_scale > 0:
             raise ValueError(f"--text-lr-scale must be > 0, got {args.text_lr_scale}")
+        check_pairs(args.relation_pairs, args.batch)
     except ValueError as error:
         parser.error(str(error))
     record = train(args.out, args.steps, args.seed, args.batch, args.lr, ema=args.ema, threads=args.threads,
                    log_every=args.log_every, checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes,
                    init=args.init, resume=args.resume, architecture=args.arch,
                    autocast=AUTOCAST_CHOICES[args.dtype], width=args.width, device=args.device, workers=args.workers,
-                   sigma_band=args.sigma_band, text_layers=args.text_layers, text_lr_scale=args.text_lr_scale)
+                   sigma_band=args.sigma_band, text_layers=args.text_layers, text_lr_scale=args.text_lr_scale,
+                   relation_pairs=args.relation_pairs)
     print(f"saved {args.out}: {record['stopped_at'] or record['steps']} steps, final loss {record['final_loss']}, "
           f"{record['wall_seconds']:.0f} s")
     return 0
