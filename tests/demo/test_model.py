@@ -227,3 +227,26 @@ def test_a_grown_text_encoder_starts_as_the_identity_then_lets_words_see_the_cap
     assert loaded.layers == 2
     for p, q in zip(encoder.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(p.half().float(), q)
+
+
+def test_canonical_relations_read_each_scene_one_way_and_are_saved_with_the_model(tmp_path):
+    plain, canonical = toy.ToyTokenizer(), toy.ToyTokenizer(canonical_relations=True)
+    same_scene = {"a small red circle right of a large blue square": "a large blue square left of a small red circle",
+                  "a small red circle below a large blue square": "a large blue square above a small red circle"}
+    for rewritten, written in same_scene.items():
+        assert torch.equal(canonical([rewritten]), plain([written]))
+        assert not torch.equal(plain([rewritten]), plain([written]))
+    # captions already canonical, single objects, the empty prompt and unparsed word lists are read as written
+    kept = ["a small red circle left of a large blue square", "a large blue square above a small red circle",
+            "a small red circle", "", "right of below"]
+    assert torch.equal(canonical(kept), plain(kept))
+    with pytest.raises(ValueError, match="unknown"):
+        canonical(["a small red circle right of a large blue blob"])
+    model = toy.build_toy(1, num_attention_heads=2)
+    assert toy.load_toy(toy.save_toy(model, tmp_path / "plain")).tokenizer.canonical_relations is False
+    model.tokenizer.canonical_relations = True
+    assert toy.load_toy(toy.save_toy(model, tmp_path / "canonical")).tokenizer.canonical_relations is True
+    spec = json.loads((tmp_path / "canonical" / "text_encoder.json").read_text())
+    del spec["canonical_relations"]  # files saved before the option read captions as written
+    (tmp_path / "canonical" / "text_encoder.json").write_text(json.dumps(spec))
+    assert toy.load_toy(tmp_path / "canonical").tokenizer.canonical_relations is False

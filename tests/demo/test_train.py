@@ -228,3 +228,16 @@ def test_a_training_run_uses_and_records_its_relation_pairs(tmp_path, monkeypatc
     for bad, match in ((-1.0, ">= 0"), (1.0, "even batch")):
         with pytest.raises(ValueError, match=f"relation_pairs.*{match}"):
             train.train(tmp_path / "bad", steps=1, batch=3 if match == "even batch" else 4, relation_pairs=bad)
+
+
+def test_training_sets_records_and_saves_canonical_relations(tmp_path):
+    kwargs = dict(steps=1, batch=2, threads=1, checkpoint_every=0, width=64, command="test")
+    on = train.train(tmp_path / "on", **kwargs, canonical_relations=True)
+    assert on["canonical_relations"] is True and toy.load_toy(tmp_path / "on").tokenizer.canonical_relations
+    kept = train.train(tmp_path / "kept", **{**kwargs, "width": None}, init=tmp_path / "on")  # None keeps the model's
+    assert kept["canonical_relations"] is True and toy.load_toy(tmp_path / "kept").tokenizer.canonical_relations
+    off = train.train(tmp_path / "off", **kwargs)
+    assert off["canonical_relations"] is False and not toy.load_toy(tmp_path / "off").tokenizer.canonical_relations
+    assert train.main(["--out", str(tmp_path / "cli"), "--steps", "1", "--batch", "2", "--width", "64",
+                       "--checkpoint-every", "0", "--canonical-relations"]) == 0
+    assert toy.load_toy(tmp_path / "cli").tokenizer.canonical_relations

@@ -10,9 +10,10 @@
 - Transformer: ``diffusers.FluxTransformer2DModel`` (:data:`TRANSFORMER_CONFIG`), RoPE on
   ``img_ids = [0, row, col]``, no guidance embedding; or its SD3-architecture twin
   (:data:`SD3_TRANSFORMER_CONFIG`).
-- Text: a word-level tokenizer over :data:`shapes.VOCABULARY` and :class:`ToyTextEncoder`
-  (learned word + position embeddings, optionally self-attention blocks over the caption; pooled =
-  mean over the words), trained with the model.
+- Text: a word-level tokenizer over :data:`shapes.VOCABULARY` (optionally rewriting "A right of B"
+  as "B left of A" and "A below B" as "B above A", so that the first object named is always the left or
+  upper one) and :class:`ToyTextEncoder` (learned word + position embeddings, optionally self-attention
+  blocks over the caption; pooled = mean over the words), trained with the model.
 
 Training is :mod:`ralu.demo.train`; :func:`load_toy` loads the shipped weights.
 """
@@ -31,7 +32,7 @@ from torch import nn
 
 from ..config import Baseline, RALUConfig
 from ..layout import PATCH, latent_to_tokens, tokens_to_latent
-from .shapes import VOCABULARY
+from .shapes import OPPOSITE, VOCABULARY
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "toy"
 SD3_DATA_DIR = DATA_DIR.parent / "toy_sd3"  # the SD3-architecture twin
@@ -82,19 +83,38 @@ def decode_tokens(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return F.pixel_shuffle(_haar(tokens_to_latent(tokens.float(), grid)), 2).clamp(-1.0, 1.0)
 
 
-class ToyTokenizer:
-    """Word-level tokenizer over a fixed vocabulary; id 0 pads. Unknown words raise ValueError."""
+# canonical_relations: the relation words a caption is rewritten away from (objects swapped, word flipped)
+REWRITTEN_RELATIONS = ("right of", "below")
 
-    def __init__(self, vocabulary: Sequence[str] = VOCABULARY, max_words: int = MAX_WORDS):
+
+class ToyTokenizer:
+    """Word-level tokenizer over a fixed vocabulary; id 0 pads. Unknown words raise ValueError.
+
+    ``canonical_relations``: read "A right of B" as "B left of A" and "A below B" as "B above A" (the same
+    scene), so that the first object named is always the left or upper one. The words' order then says where
+    each object goes, which the toy's small transformer learns within 500 steps (``tools/relation_probe.py``);
+    read as written, where side depends on order and word together, it never did (docs/judge.md).
+    """
+
+    def __init__(self, vocabulary: Sequence[str] = VOCABULARY, max_words: int = MAX_WORDS,
+                 canonical_relations: bool = False):
         self.vocabulary = tuple(vocabulary)
         self.index = {word: i for i, word in enumerate(self.vocabulary)}
         self.max_words = max_words
+        self.canonical_relations = canonical_relations
+
+    def words(self, caption: str) -> list[str]:
+        """The words the model reads: the caption's, rewritten where ``canonical_relations`` says."""
+        words = caption.split()
+        if self.canonical_relations and len(words) > 8 and " ".join(words[4:-4]) in REWRITTEN_RELATIONS:
+            return words[-4:] + OPPOSITE[" ".join(words[4:-4])].split() + words[:4]
+        return words
 
     def __call__(self, captions: Sequence[str]) -> torch.Tensor:
         """Captions → (B, max_words) int64 ids, padded with 0."""
         ids = torch.zeros(len(captions), self.max_words, dtype=torch.long)
         for b, caption in enumerate(captions):
-            words = caption.split()
+            words = self.words(caption)
             unknown = [w for w in words if w not in self.index]
             if unknown or len(words) > self.max_words:
                 raise ValueError(f"prompt must use at most {self.max_words} words of {self.vocabulary[1:]}, "
@@ -229,7 +249,8 @@ def save_toy(model: ToyModel, folder: str | Path, dtype: torch.dtype = torch.flo
     save_file(state, str(folder / "text_encoder.safetensors"))
     (folder / "text_encoder.json").write_text(json.dumps(dict(
         vocabulary=list(model.tokenizer.vocabulary), max_words=model.tokenizer.max_words,
-        dim=model.text_encoder.words.embedding_dim, layers=model.text_encoder.layers), indent=1) + "\n")
+        dim=model.text_encoder.words.embedding_dim, layers=model.text_encoder.layers,
+        canonical_relations=model.tokenizer.canonical_relations), indent=1) + "\n")
     return folder
 
 
@@ -244,7 +265,7 @@ def load_toy(folder: str | Path | None = None, device: str | torch.device = "cpu
     name = json.loads((folder / "transformer" / "config.json").read_text())["_class_name"]
     transformer = _transformer_class(name).from_pretrained(folder / "transformer", torch_dtype=torch.float32)
     spec = json.loads((folder / "text_encoder.json").read_text())
-    tokenizer = ToyTokenizer(spec["vocabulary"], spec["max_words"])
+    tokenizer = ToyTokenizer(spec["vocabulary"], spec["max_words"], spec.get("canonical_relations", False))
     text_encoder = ToyTextEncoder(len(spec["vocabulary"]), spec["max_words"], spec["dim"], spec.get("layers", 0))
     text_encoder.load_state_dict({k: v.float() for k, v in load_file(str(folder / "text_encoder.safetensors")).items()})
     transformer.to(device).eval()

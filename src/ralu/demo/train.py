@@ -200,7 +200,8 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
           resume: bool = False, architecture: str = "flux", autocast: bool | None = None, width: int | None = None,
           stop_before: int | None = None, command: str | None = None, device: str = "cpu", workers: int = 0,
           sigma_band: Sequence[float] | None = None, text_layers: int | None = None,
-          text_lr_scale: float = 1.0, relation_pairs: float | None = None) -> dict:
+          text_lr_scale: float = 1.0, relation_pairs: float | None = None,
+          canonical_relations: bool | None = None) -> dict:
     """Train and save the EMA weights to ``out`` with ``training.json``; see the module docstring.
 
     Step i renders ``shapes.scenes(seed · 1_000_003 + i, batch)``: 64 px on even steps, 32 px on
@@ -219,6 +220,8 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
     ``text_lr_scale``: the text encoder's learning rate as a multiple of ``lr`` (same warm-up and decay).
     ``relation_pairs``: train on mirrored pairs with this weight on their difference (``pair_weight`` of
     :func:`flow_loss`; 0 pairs them without the extra term); None trains on independent scenes.
+    ``canonical_relations``: set the tokenizer's rewriting of relations
+    (:class:`~ralu.demo.model.ToyTokenizer`; saved with the model); None keeps the model's own.
     """
     device = training_device(device)
     band = check_band(sigma_band)
@@ -239,6 +242,8 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
     if text_layers is not None:
         torch.manual_seed(seed)  # the new blocks' random weights (their zeroed outputs aside)
         model.text_encoder.grow(text_layers)
+    if canonical_relations is not None:
+        model.tokenizer.canonical_relations = canonical_relations
     model.transformer.to(device).train()
     model.text_encoder.to(device).train()
     if not text_lr_scale > 0:
@@ -307,6 +312,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         + ("" if band is None else f"; {band[2]:g} of them replaced by uniform[{band[0]:g}, {band[1]:g}]"),
         architecture=model.architecture, transformer=dict(model.transformer.config),
         text_layers=model.text_encoder.layers, text_lr_scale=text_lr_scale, relation_pairs=relation_pairs,
+        canonical_relations=model.tokenizer.canonical_relations,
         parameters=dict(transformer=sum(p.numel() for p in model.transformer.parameters()),
                         text_encoder=sum(p.numel() for p in model.text_encoder.parameters())),
         final_loss=round(sum(losses[-100:]) / len(losses[-100:]), 5) if losses else (log[-1]["loss"] if log else None),
@@ -346,6 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--relation-pairs", type=float, metavar="WEIGHT",
                         help="train on scenes and their mirrored partners (relation word flipped, same noise), "
                              "adding WEIGHT x the MSE of each pair's velocity difference")
+    parser.add_argument("--canonical-relations", action="store_true", default=None,
+                        help="the tokenizer reads 'A right of B' as 'B left of A' and 'A below B' as 'B above A' "
+                             "(saved with the model)")
     parser.add_argument("--max-minutes", type=float, help="stop early after this long, saving what there is")
     parser.add_argument("--init", type=Path, help="start from this saved model (fresh optimiser and schedule)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/checkpoint exactly")
@@ -367,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    init=args.init, resume=args.resume, architecture=args.arch,
                    autocast=AUTOCAST_CHOICES[args.dtype], width=args.width, device=args.device, workers=args.workers,
                    sigma_band=args.sigma_band, text_layers=args.text_layers, text_lr_scale=args.text_lr_scale,
-                   relation_pairs=args.relation_pairs)
+                   relation_pairs=args.relation_pairs, canonical_relations=args.canonical_relations)
     print(f"saved {args.out}: {record['stopped_at'] or record['steps']} steps, final loss {record['final_loss']}, "
           f"{record['wall_seconds']:.0f} s")
     return 0
