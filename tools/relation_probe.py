@@ -2,6 +2,9 @@
 
     python tools/relation_probe.py MODEL_DIR [NOISES=16] [SIGMA=0.9]
 
+MODEL_DIR may be a running training's ``checkpoint/`` folder: with the ``state.pt`` there, the probe reads the
+weights being trained rather than their slow moving average saved beside them, to see a change early.
+
 One transformer call on ``SIGMA · ε`` (the noisy latent of a blank image; NOISES noises ε, seeds 0..) per
 caption. For caption pairs that differ in one respect it prints the mean norm of the velocity difference,
 over the noises, relative to the pair that swaps one colour word (a change the model is known to follow):
@@ -16,12 +19,14 @@ A model that binds words to places and objects scores the first three near the c
 the caption as a bag of words scores them near 0 (the relation words change the bag a little; the swaps not at
 all). It then prints the predicted clean image's red-minus-blue balance, left half minus right half and top minus bottom, for
 "a large red circle <relation> a large blue circle": a model that knows the relation puts red where the caption
-says, and the four relations' balances differ in sign.
+says, and the four relations' balances differ in sign. (With the tokenizer's ``canonical_relations``, a flipped
+relation word and swapped objects are read as one caption, so those two rows agree.)
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 
@@ -84,12 +89,27 @@ def sensitivities(model, noise: torch.Tensor, sigma: float) -> dict[str, float]:
 
 
 @torch.no_grad()
+def load_probed(folder: str):
+    """The saved model in ``folder``, with the training weights of ``folder/state.pt`` where there is one."""
+    model = load_toy(folder)
+    state_file = Path(folder) / "state.pt"
+    if state_file.is_file():
+        params = list(model.transformer.parameters()) + list(model.text_encoder.parameters())
+        saved = torch.load(state_file, weights_only=False, map_location="cpu")["params"]
+        if [p.shape for p in params] != [q.shape for q in saved]:
+            raise SystemExit(f"{state_file} does not hold this model's parameters")
+        with torch.no_grad():
+            for p, q in zip(params, saved):
+                p.copy_(q)
+    return model
+
+
 def main(argv: list[str]) -> int:
     folder = argv[0]
     count = int(argv[1]) if len(argv) > 1 else 16
     sigma = float(argv[2]) if len(argv) > 2 else 0.9
     torch.set_num_threads(2)
-    model = load_toy(folder)
+    model = load_probed(folder)
     if model.architecture != "flux":
         raise SystemExit(f"model must be the FLUX toy (the probe goes through FluxAdapter), got {model.architecture}")
     noise = initial_noise(list(range(count)))

@@ -39,3 +39,19 @@ def test_the_probe_refuses_the_sd3_twin():
     probe = load_tool(TOOL)
     with pytest.raises(SystemExit, match="model must be the FLUX toy"):
         probe.main([str(toy.SD3_DATA_DIR), "2"])
+
+
+def test_a_checkpoint_folder_is_probed_with_its_training_weights(tmp_path):
+    probe = load_tool(TOOL)
+    model = toy.build_toy(5, num_attention_heads=2)
+    toy.save_toy(model, tmp_path, dtype=torch.float32)
+    params = list(model.transformer.parameters()) + list(model.text_encoder.parameters())
+    trained = [p.detach() + 1.0 for p in params]
+    assert all(torch.equal(p, q) for p, q in zip(params, probe.load_probed(str(tmp_path)).transformer.parameters()))
+    torch.save(dict(params=trained), tmp_path / "state.pt")
+    loaded = probe.load_probed(str(tmp_path))
+    for p, q in zip(trained, list(loaded.transformer.parameters()) + list(loaded.text_encoder.parameters())):
+        assert torch.equal(p, q)
+    torch.save(dict(params=trained[1:]), tmp_path / "state.pt")
+    with pytest.raises(SystemExit, match="does not hold this model's parameters"):
+        probe.load_probed(str(tmp_path))

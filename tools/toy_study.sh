@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The README's quality study on the shipped toy weights: the 50-step baseline, the RALU presets (paper's Euler
+# steps, solver="unipc", noise_downsample="nearest") and every same-cost alternative (Euler and UniPC step cuts,
+# MrFlow's recipe) at about 4x, 5x and 7x fewer FLOPs, on held-out captions, each its own noise (seed 0).
+#
+#   bash tools/toy_study.sh WORK [CAPTIONS]     # CAPTIONS: default 256; about 25 min on two CPU cores
+#
+# WORK gets the images, scores.jsonl, report.md, summary.json and quality_vs_speedup.png.
+set -euo pipefail
+work=${1:?usage: bash tools/toy_study.sh WORK [CAPTIONS]}
+captions=${2:-256}
+ralu=${RALU:-ralu}
+methods="baseline:50"
+pairs=()
+for cost in "4 11 42" "5 9 33" "7 6 23"; do
+  set -- $cost
+  preset=flux-dev-$1x
+  methods="$methods $preset $preset@solver=unipc $preset@noise_downsample=nearest steps:$2 unipc:$2 mrflow:$3:0.4:1"
+  for other in steps:$2 unipc:$2 mrflow:$3:0.4:1; do
+    pairs+=(--pair "$preset=$other" --pair "$preset@solver=unipc=$other")
+  done
+  pairs+=(--pair "$preset@noise_downsample=nearest=$preset" --pair "$preset@solver=unipc=$preset")
+done
+$ralu eval generate toy --methods $methods --prompts "toy:$captions" --seeds 1 --batch-size 32 --out "$work"
+$ralu eval score "$work" --metrics toy_readback toy_edges toy_fid psnr "${pairs[@]}"
+$ralu eval report "$work" --title "${TITLE:-Toy quality study: $captions held-out captions, seed 0}" \
+  --plot set:toy_fid/kid/vs_truth toy_readback.all toy_readback.relation
