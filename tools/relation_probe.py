@@ -88,7 +88,6 @@ def sensitivities(model, noise: torch.Tensor, sigma: float) -> dict[str, float]:
     return {name: value / reference for name, value in change.items()} | {"reference": reference}
 
 
-@torch.no_grad()
 def load_probed(folder: str):
     """The saved model in ``folder``, with the training weights of ``folder/state.pt`` where there is one."""
     model = load_toy(folder)
@@ -104,6 +103,7 @@ def load_probed(folder: str):
     return model
 
 
+@torch.no_grad()
 def main(argv: list[str]) -> int:
     folder = argv[0]
     count = int(argv[1]) if len(argv) > 1 else 16

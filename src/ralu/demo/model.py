@@ -106,8 +106,9 @@ class ToyTokenizer:
     def words(self, caption: str) -> list[str]:
         """The words the model reads: the caption's, rewritten where ``canonical_relations`` says."""
         words = caption.split()
-        if self.canonical_relations and len(words) > 8 and " ".join(words[4:-4]) in REWRITTEN_RELATIONS:
-            return words[-4:] + OPPOSITE[" ".join(words[4:-4])].split() + words[:4]
+        relation = " ".join(words[4:-4])
+        if self.canonical_relations and len(words) > 8 and relation in REWRITTEN_RELATIONS:
+            return words[-4:] + OPPOSITE[relation].split() + words[:4]
         return words
 
     def __call__(self, captions: Sequence[str]) -> torch.Tensor:

@@ -84,13 +84,13 @@ def flow_loss(model: ToyModel, images: torch.Tensor, captions: list[str], genera
     x0 = encode_images(images)
     batch, tokens, _ = x0.shape
     side = math.isqrt(tokens)
+    if pair_weight is not None and batch % 2:
+        raise ValueError(f"batch must be even for relation pairs, got {batch}")
     draws = batch if pair_weight is None else batch // 2
     keep = torch.rand(draws, generator=generator) >= drop
     sigma = sample_sigmas(draws, generator, band)
     noise = torch.randn((draws, *x0.shape[1:]), generator=generator)
-    if pair_weight is not None:
-        if batch % 2:
-            raise ValueError(f"batch must be even for relation pairs, got {batch}")
+    if pair_weight is not None:  # the partners share their scene's draws
         keep, sigma, noise = keep.repeat(2), sigma.repeat(2), noise.repeat(2, 1, 1)
     captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
     sigma, noise = sigma.to(device), noise.to(device)
