@@ -9,6 +9,7 @@ CFG, Qwen-Image) or one call on ``[uncond, cond]`` (SD3, Z-Image), combined by
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -21,6 +22,8 @@ from ..layout import tokens_to_latent
 from .base import TIMESTEP_SCALE, Conditioning, Step
 
 Decoder = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
+
+logger = logging.getLogger(__name__)
 
 
 def reset_cache_state(transformer: torch.nn.Module) -> None:
@@ -152,6 +155,9 @@ class AdapterBase:
     """
 
     batched_guidance = False  # one call on [uncond, cond] instead of two calls
+    # stock attention processor class → its twin that also takes per-sample positions
+    # (:func:`processors_swapped`); empty for families whose positions need no twin
+    rope_twins: Mapping[type, type] = {}
 
     def __init__(self, transformer, conditioning: Conditioning, guidance: Guidance | None = None, *,
                  vae=None, decoder: Decoder | None = None):
@@ -161,6 +167,7 @@ class AdapterBase:
         self.vae = vae
         self.decoder = decoder
         self.current: Step | None = None  # the step being evaluated, for pipelines' current_timestep
+        self._warned_loop = False  # batched_rope_ready has warned
 
     # --- what a family overrides -----------------------------------------------------------------
 
@@ -180,7 +187,23 @@ class AdapterBase:
         return positions
 
     def session(self):
+        """Per-sample-RoPE processors (:attr:`rope_twins`) for batches, whose samples may choose different
+        regions; nothing for one sample."""
+        if self.rope_twins and self.conditioning.batch > 1:
+            return processors_swapped(self.transformer, self.rope_twins)
         return nullcontext()
+
+    def batched_rope_ready(self) -> bool:
+        """True when the installed processors take per-sample positions; otherwise warns (once per
+        adapter) that the batch's samples will run one at a time."""
+        if processors_installed(self.transformer, self.rope_twins.values()):
+            return True
+        if not self._warned_loop:
+            logger.warning("the attention processors cannot take per-sample positions (custom processors, or "
+                           "outside %s.session()); running the samples of the batch one at a time",
+                           type(self).__name__)
+            self._warned_loop = True
+        return False
 
     # --- shared --------------------------------------------------------------------------------------
 

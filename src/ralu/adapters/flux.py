@@ -10,7 +10,6 @@ a user's own processors are installed, it leaves them and runs the samples one a
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -18,10 +17,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
 from .base import TIMESTEP_SCALE, Conditioning
-from .common import AdapterBase, Decoder, Guidance, processors_installed, processors_swapped, rotate_pairs
-
-logger = logging.getLogger(__name__)
-
+from .common import AdapterBase, Decoder, Guidance, processors_swapped, rotate_pairs
 
 class BatchedRopeFluxAttnProcessor(FluxAttnProcessor):
     """FluxAttnProcessor that also accepts per-sample rotary embeddings.
@@ -61,10 +57,6 @@ def per_sample_rope(transformer: torch.nn.Module):
     return processors_swapped(transformer, _TWINS)
 
 
-def batched_rope_installed(transformer: torch.nn.Module) -> bool:
-    return processors_installed(transformer, _TWINS.values())
-
-
 @dataclass(frozen=True)
 class FluxPositions:
     """Positions of one stage, ready for the transformer.
@@ -88,19 +80,14 @@ class FluxAdapter(AdapterBase):
     embedded_guidance: (B,) float32 guidance of guidance-distilled models (FLUX.1-dev), else None.
     """
 
+    rope_twins = _TWINS
+
     def __init__(self, transformer, conditioning: Conditioning, guidance: Guidance | None = None, *,
                  embedded_guidance: torch.Tensor | None = None, joint_attention_kwargs: dict | None = None,
                  vae=None, decoder: Decoder | None = None):
         super().__init__(transformer, conditioning, guidance, vae=vae, decoder=decoder)
         self.embedded_guidance = embedded_guidance
         self.joint_attention_kwargs = dict(joint_attention_kwargs or {})
-        self._warned_loop = False
-
-    def session(self):
-        """Per-sample RoPE processors for batches (samples may choose different regions)."""
-        if self.conditioning.batch > 1:
-            return per_sample_rope(self.transformer)
-        return super().session()
 
     def prepare_positions(self, positions: torch.Tensor, grid: tuple[int, int], resolution: str = "full") -> FluxPositions:
         """positions (B, S, 2) → img_ids ``[0, row, col]`` and, if samples differ, per-sample RoPE.
@@ -111,11 +98,7 @@ class FluxAdapter(AdapterBase):
         ids = torch.cat([torch.zeros_like(positions[..., :1]), positions], dim=-1)
         if ids.shape[0] == 1 or bool((ids == ids[:1]).all()):
             return FluxPositions(ids[0])
-        if not batched_rope_installed(self.transformer):
-            if not self._warned_loop:
-                logger.warning("the attention processors cannot take per-sample positions (custom processors, or "
-                               "outside FluxAdapter.session()); running the samples of the batch one at a time")
-                self._warned_loop = True
+        if not self.batched_rope_ready():
             return FluxPositions(ids[0], per_sample_ids=ids)
         text_ids = self.conditioning.text_ids.to(ids.device, torch.float32)
         negative = self.guidance.negative.text_ids if self.guidance is not None else None

@@ -29,7 +29,6 @@ after. Other processors (a user's own, the KV-cache ones) are left alone and the
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -39,9 +38,7 @@ from diffusers.models.transformers.transformer_flux2 import (Flux2AttnProcessor,
 
 from ..layout import tokens_to_latent
 from .base import TIMESTEP_SCALE, Conditioning
-from .common import AdapterBase, Decoder, Guidance, processors_installed, processors_swapped, rotate_pairs
-
-logger = logging.getLogger(__name__)
+from .common import AdapterBase, Decoder, Guidance, processors_swapped, rotate_pairs
 
 MIXED_POSITIONS = ("low_grid", "full_grid")
 
@@ -110,10 +107,6 @@ def per_sample_rope(transformer: torch.nn.Module):
     return processors_swapped(transformer, _TWINS)
 
 
-def batched_rope_installed(transformer: torch.nn.Module) -> bool:
-    return processors_installed(transformer, _TWINS.values())
-
-
 def decode_latents(vae, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Normalised tokens (B, h·w, 4C) on ``grid`` → the VAE's latent image (B, C, 2h, 2w), as the stock pipelines.
 
@@ -158,6 +151,8 @@ class Flux2Adapter(AdapterBase):
     mixed_positions: "low_grid" or "full_grid", where the mixed stage puts its tokens (module docstring).
     """
 
+    rope_twins = _TWINS
+
     def __init__(self, transformer, conditioning: Conditioning, guidance: Guidance | None = None, *,
                  embedded_guidance: torch.Tensor | None = None, joint_attention_kwargs: dict | None = None,
                  mixed_positions: str = "low_grid", vae=None, decoder: Decoder | None = None):
@@ -167,13 +162,6 @@ class Flux2Adapter(AdapterBase):
         self.embedded_guidance = embedded_guidance
         self.joint_attention_kwargs = dict(joint_attention_kwargs or {})
         self.mixed_positions = mixed_positions
-        self._warned_loop = False
-
-    def session(self):
-        """Per-sample RoPE processors for batches (samples may choose different regions)."""
-        if self.conditioning.batch > 1:
-            return per_sample_rope(self.transformer)
-        return super().session()
 
     def prepare_positions(self, positions: torch.Tensor, grid: tuple[int, int],
                           resolution: str = "full") -> Flux2Positions:
@@ -188,11 +176,7 @@ class Flux2Adapter(AdapterBase):
         ids = torch.cat([zeros, positions, zeros], dim=-1)
         if ids.shape[0] == 1 or bool((ids == ids[:1]).all()):
             return Flux2Positions(ids[0])
-        if not batched_rope_installed(self.transformer):
-            if not self._warned_loop:
-                logger.warning("the attention processors cannot take per-sample positions (custom processors, or "
-                               "outside Flux2Adapter.session()); running the samples of the batch one at a time")
-                self._warned_loop = True
+        if not self.batched_rope_ready():
             return Flux2Positions(ids[0], per_sample_ids=ids)
         # one pos_embed call for the whole batch: RoPE is per position, so rows can be stacked
         cos, sin = (t.unflatten(0, ids.shape[:2]) for t in self.transformer.pos_embed(ids.flatten(0, 1)))

@@ -41,7 +41,6 @@ per step and guidance branch.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -53,9 +52,7 @@ from diffusers.utils.peft_utils import apply_lora_scale
 from ..config import TABLE_POSITIONS
 from ..layout import PATCH, tokens_to_latent
 from .base import TIMESTEP_SCALE, Conditioning
-from .common import AdapterBase, Decoder, Guidance, processors_installed, processors_swapped
-
-logger = logging.getLogger(__name__)
+from .common import AdapterBase, Decoder, Guidance, processors_swapped
 
 
 # --- positions ---------------------------------------------------------------------------------------
@@ -207,10 +204,6 @@ def per_sample_rope(transformer: torch.nn.Module):
     return processors_swapped(transformer, _TWINS)
 
 
-def batched_rope_installed(transformer: torch.nn.Module) -> bool:
-    return processors_installed(transformer, _TWINS.values())
-
-
 @dataclass(frozen=True)
 class QwenPositions:
     """Rotary frequencies of one stage.
@@ -237,6 +230,8 @@ class QwenImageAdapter(AdapterBase):
     attention_kwargs: passed to the attention processors (``scale``: LoRA scale).
     """
 
+    rope_twins = _TWINS
+
     def __init__(self, transformer, conditioning: Conditioning, full_grid: tuple[int, int],
                  guidance: Guidance | None = None, *, table_positions: str = "stock_then_full",
                  attention_kwargs: dict | None = None, vae=None, decoder: Decoder | None = None):
@@ -255,13 +250,6 @@ class QwenImageAdapter(AdapterBase):
         self.full_grid = tuple(full_grid)
         self.table_positions = table_positions
         self.attention_kwargs = dict(attention_kwargs or {})
-        self._warned_loop = False
-
-    def session(self):
-        """Per-sample RoPE processors for batches (samples may choose different regions)."""
-        if self.conditioning.batch > 1:
-            return per_sample_rope(self.transformer)
-        return super().session()
 
     def prepare_positions(self, positions: torch.Tensor, grid: tuple[int, int],
                           resolution: str = "full") -> QwenPositions:
@@ -278,12 +266,8 @@ class QwenImageAdapter(AdapterBase):
         image = rope_frequencies(self.transformer.pos_embed, coords)
         if shared:
             return QwenPositions(image[0], offset)
-        if batched_rope_installed(self.transformer):
+        if self.batched_rope_ready():
             return QwenPositions(image, offset)
-        if not self._warned_loop:
-            logger.warning("the attention processors cannot take per-sample positions (custom processors, or outside "
-                           "QwenImageAdapter.session()); running the samples of the batch one at a time")
-            self._warned_loop = True
         return QwenPositions(image, offset, loop=True)
 
     def combine(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
