@@ -38,6 +38,26 @@ def _count(name: str, value: Any) -> int:
     return value
 
 
+def _token_counts(config: Mapping[str, Any], required: tuple[str, ...], image_tokens: int,
+                  text_tokens: int) -> tuple[int, int]:
+    """(image_tokens, text_tokens) checked as counts, after checking that ``config`` has the ``required`` keys."""
+    missing = [key for key in required if key not in config]
+    if missing:
+        raise ValueError(f"config lacks the transformer keys {missing}; needs {list(required)}")
+    return _count("image_tokens", image_tokens), _count("text_tokens", text_tokens)
+
+
+def _width(config: Mapping[str, Any]) -> int:
+    """The model width d: attention heads x head dimension."""
+    return _count("num_attention_heads", config["num_attention_heads"]) * _count(
+        "attention_head_dim", config["attention_head_dim"])
+
+
+def _linear(tokens: int, fan_in: int, fan_out: int) -> int:
+    """A dense layer on ``tokens`` rows: a multiply and an add per weight and row (biases not counted)."""
+    return 2 * tokens * fan_in * fan_out
+
+
 def flux_call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: int = 512) -> float:
     """FLOPs of one FluxTransformer2DModel forward for one sample (batch 1).
 
@@ -47,38 +67,31 @@ def flux_call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: i
     image_tokens: n packed image tokens in the call; text_tokens: m T5 tokens.
     A batch of B samples (or true CFG's second pass) costs B times this.
     """
-    missing = [key for key in REQUIRED_KEYS if key not in config]
-    if missing:
-        raise ValueError(f"config lacks the transformer keys {missing}; needs {list(REQUIRED_KEYS)}")
-    n, m = _count("image_tokens", image_tokens), _count("text_tokens", text_tokens)
+    n, m = _token_counts(config, REQUIRED_KEYS, image_tokens, text_tokens)
     double = _count("num_layers", config["num_layers"])
     single = _count("num_single_layers", config["num_single_layers"])
-    d = _count("num_attention_heads", config["num_attention_heads"]) * _count(
-        "attention_head_dim", config["attention_head_dim"])
+    d = _width(config)
     in_channels = _count("in_channels", config["in_channels"])
     out_channels = config.get("out_channels") or in_channels
     patch = config.get("patch_size", 1)
     s = n + m
     hidden = MLP_RATIO * d
 
-    def linear(tokens: int, fan_in: int, fan_out: int) -> int:
-        return 2 * tokens * fan_in * fan_out
-
     attention = 2 * 2 * s * s * d  # QKᵀ and AV over the joint sequence, all heads together
     # Embeddings: per token for x and the text; per sample for time (+ guidance) and pooled text.
-    embed = linear(n, in_channels, d) + linear(m, _count("joint_attention_dim", config["joint_attention_dim"]), d)
-    time_mlp = linear(1, TIMESTEP_FEATURES, d) + linear(1, d, d)
+    embed = _linear(n, in_channels, d) + _linear(m, _count("joint_attention_dim", config["joint_attention_dim"]), d)
+    time_mlp = _linear(1, TIMESTEP_FEATURES, d) + _linear(1, d, d)
     embed += time_mlp * (2 if config.get("guidance_embeds", False) else 1)
-    embed += linear(1, _count("pooled_projection_dim", config["pooled_projection_dim"]), d) + linear(1, d, d)
+    embed += _linear(1, _count("pooled_projection_dim", config["pooled_projection_dim"]), d) + _linear(1, d, d)
     # Double-stream block: AdaLayerNormZero (6d) for each stream, q/k/v and output per stream,
     # joint attention, and a GELU MLP (d → 4d → d) per stream.
-    double_block = (2 * linear(1, d, 6 * d) + 3 * linear(s, d, d) + attention + linear(s, d, d)
-                    + linear(s, d, hidden) + linear(s, hidden, d))
+    double_block = (2 * _linear(1, d, 6 * d) + 3 * _linear(s, d, d) + attention + _linear(s, d, d)
+                    + _linear(s, d, hidden) + _linear(s, hidden, d))
     # Single-stream block: AdaLayerNormZeroSingle (3d), q/k/v over the concatenated sequence, the
     # MLP branch d → 4d, and proj_out over the concatenated [attention, MLP] features (5d → d).
-    single_block = (linear(1, d, 3 * d) + 3 * linear(s, d, d) + attention + linear(s, d, hidden)
-                    + linear(s, d + hidden, d))
-    head = linear(1, d, 2 * d) + linear(n, d, patch * patch * out_channels)  # norm_out modulation, proj_out
+    single_block = (_linear(1, d, 3 * d) + 3 * _linear(s, d, d) + attention + _linear(s, d, hidden)
+                    + _linear(s, d + hidden, d))
+    head = _linear(1, d, 2 * d) + _linear(n, d, patch * patch * out_channels)  # norm_out modulation, proj_out
     return float(embed + double * double_block + single * single_block + head)
 
 
@@ -102,13 +115,9 @@ def sd3_call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: in
     context output, MLP or 6d modulation (a 2d AdaLayerNormContinuous instead). Dual-attention
     layers add a second, image-only attention. Same counting rules as :func:`flux_call_flops`.
     """
-    missing = [key for key in SD3_REQUIRED_KEYS if key not in config]
-    if missing:
-        raise ValueError(f"config lacks the transformer keys {missing}; needs {list(SD3_REQUIRED_KEYS)}")
-    n, m = _count("image_tokens", image_tokens), _count("text_tokens", text_tokens)
+    n, m = _token_counts(config, SD3_REQUIRED_KEYS, image_tokens, text_tokens)
     layers = _count("num_layers", config["num_layers"])
-    d = _count("num_attention_heads", config["num_attention_heads"]) * _count(
-        "attention_head_dim", config["attention_head_dim"])
+    d = _width(config)
     context_width = config.get("caption_projection_dim") or d
     if context_width != d:
         raise ValueError(f"caption_projection_dim ({context_width}) must equal heads x head_dim ({d})")
@@ -118,24 +127,21 @@ def sd3_call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: in
     dual = set(config.get("dual_attention_layers") or ())
     s, hidden = n + m, MLP_RATIO * d
 
-    def linear(tokens: int, fan_in: int, fan_out: int) -> int:
-        return 2 * tokens * fan_in * fan_out
-
-    embed = (linear(n, in_channels * patch * patch, d) + linear(m, _count("joint_attention_dim", config["joint_attention_dim"]), d)
-             + linear(1, TIMESTEP_FEATURES, d) + linear(1, d, d)
-             + linear(1, _count("pooled_projection_dim", config["pooled_projection_dim"]), d) + linear(1, d, d))
+    embed = (_linear(n, in_channels * patch * patch, d) + _linear(m, _count("joint_attention_dim", config["joint_attention_dim"]), d)
+             + _linear(1, TIMESTEP_FEATURES, d) + _linear(1, d, d)
+             + _linear(1, _count("pooled_projection_dim", config["pooled_projection_dim"]), d) + _linear(1, d, d))
     total = embed
     for index in range(layers):
         last = index == layers - 1
-        block = linear(1, d, (9 if index in dual else 6) * d) + linear(1, d, (2 if last else 6) * d)
-        block += 3 * linear(n, d, d) + 3 * linear(m, d, d) + 2 * 2 * s * s * d + linear(n, d, d)
-        block += linear(n, d, hidden) + linear(n, hidden, d)
+        block = _linear(1, d, (9 if index in dual else 6) * d) + _linear(1, d, (2 if last else 6) * d)
+        block += 3 * _linear(n, d, d) + 3 * _linear(m, d, d) + 2 * 2 * s * s * d + _linear(n, d, d)
+        block += _linear(n, d, hidden) + _linear(n, hidden, d)
         if not last:
-            block += linear(m, d, d) + linear(m, d, hidden) + linear(m, hidden, d)
+            block += _linear(m, d, d) + _linear(m, d, hidden) + _linear(m, hidden, d)
         if index in dual:
-            block += 4 * linear(n, d, d) + 2 * 2 * n * n * d
+            block += 4 * _linear(n, d, d) + 2 * 2 * n * n * d
         total += block
-    head = linear(1, d, 2 * d) + linear(n, d, patch * patch * out_channels)
+    head = _linear(1, d, 2 * d) + _linear(n, d, patch * patch * out_channels)
     return float(total + head)
 
 
@@ -156,14 +162,10 @@ def flux2_call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: 
     embedder counts when ``guidance_embeds`` (FLUX.2 [dev]: the pipeline always passes guidance).
     Same counting rules as :func:`flux_call_flops`.
     """
-    missing = [key for key in FLUX2_REQUIRED_KEYS if key not in config]
-    if missing:
-        raise ValueError(f"config lacks the transformer keys {missing}; needs {list(FLUX2_REQUIRED_KEYS)}")
-    n, m = _count("image_tokens", image_tokens), _count("text_tokens", text_tokens)
+    n, m = _token_counts(config, FLUX2_REQUIRED_KEYS, image_tokens, text_tokens)
     double = _count("num_layers", config["num_layers"])
     single = _count("num_single_layers", config["num_single_layers"])
-    d = _count("num_attention_heads", config["num_attention_heads"]) * _count(
-        "attention_head_dim", config["attention_head_dim"])
+    d = _width(config)
     in_channels = _count("in_channels", config["in_channels"])
     out_channels = config.get("out_channels") or in_channels
     patch = config.get("patch_size", 1)
@@ -171,20 +173,17 @@ def flux2_call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: 
     hidden = int(d * config.get("mlp_ratio", 3.0))  # as diffusers: int(dim * mlp_ratio)
     s = n + m
 
-    def linear(tokens: int, fan_in: int, fan_out: int) -> int:
-        return 2 * tokens * fan_in * fan_out
-
     def swiglu(tokens: int) -> int:
-        return linear(tokens, d, 2 * hidden) + linear(tokens, hidden, d)
+        return _linear(tokens, d, 2 * hidden) + _linear(tokens, hidden, d)
 
     attention = 2 * 2 * s * s * d
-    time_mlp = linear(1, features, d) + linear(1, d, d)
-    embed = linear(n, in_channels, d) + linear(m, _count("joint_attention_dim", config["joint_attention_dim"]), d)
+    time_mlp = _linear(1, features, d) + _linear(1, d, d)
+    embed = _linear(n, in_channels, d) + _linear(m, _count("joint_attention_dim", config["joint_attention_dim"]), d)
     embed += time_mlp * (2 if config.get("guidance_embeds", True) else 1)
-    modulation = 2 * linear(1, d, 6 * d) + linear(1, d, 3 * d)  # once per call, shared by the blocks
-    double_block = 4 * linear(s, d, d) + attention + swiglu(n) + swiglu(m)  # q, k, v, out per stream
-    single_block = linear(s, d, 3 * d + 2 * hidden) + attention + linear(s, d + hidden, d)
-    head = linear(1, d, 2 * d) + linear(n, d, patch * patch * out_channels)  # norm_out modulation, proj_out
+    modulation = 2 * _linear(1, d, 6 * d) + _linear(1, d, 3 * d)  # once per call, shared by the blocks
+    double_block = 4 * _linear(s, d, d) + attention + swiglu(n) + swiglu(m)  # q, k, v, out per stream
+    single_block = _linear(s, d, 3 * d + 2 * hidden) + attention + _linear(s, d + hidden, d)
+    head = _linear(1, d, 2 * d) + _linear(n, d, patch * patch * out_channels)  # norm_out modulation, proj_out
     return float(embed + modulation + double * double_block + single * single_block + head)
 
 # --- Qwen-Image (QwenImageTransformer2DModel) ------------------------------------------------------------
@@ -203,26 +202,19 @@ def qwenimage_call_flops(config: Mapping[str, Any], image_tokens: int, text_toke
     attention over n + m tokens, a GELU MLP d → 4d → d per stream; ``norm_out`` (d → 2d) and
     ``proj_out`` (d → p²·out_channels). Same counting rules as :func:`flux_call_flops`.
     """
-    missing = [key for key in QWENIMAGE_REQUIRED_KEYS if key not in config]
-    if missing:
-        raise ValueError(f"config lacks the transformer keys {missing}; needs {list(QWENIMAGE_REQUIRED_KEYS)}")
-    n, m = _count("image_tokens", image_tokens), _count("text_tokens", text_tokens)
+    n, m = _token_counts(config, QWENIMAGE_REQUIRED_KEYS, image_tokens, text_tokens)
     layers = _count("num_layers", config["num_layers"])
-    d = _count("num_attention_heads", config["num_attention_heads"]) * _count(
-        "attention_head_dim", config["attention_head_dim"])
+    d = _width(config)
     in_channels = _count("in_channels", config["in_channels"])
     out_channels = config.get("out_channels") or in_channels
     patch = config.get("patch_size", 2)
     s, hidden = n + m, MLP_RATIO * d
 
-    def linear(tokens: int, fan_in: int, fan_out: int) -> int:
-        return 2 * tokens * fan_in * fan_out
-
-    embed = (linear(n, in_channels, d) + linear(m, _count("joint_attention_dim", config["joint_attention_dim"]), d)
-             + linear(1, TIMESTEP_FEATURES, d) + linear(1, d, d))
-    block = (2 * linear(1, d, 6 * d) + 4 * linear(s, d, d) + 2 * 2 * s * s * d
-             + linear(s, d, hidden) + linear(s, hidden, d))
-    head = linear(1, d, 2 * d) + linear(n, d, patch * patch * out_channels)
+    embed = (_linear(n, in_channels, d) + _linear(m, _count("joint_attention_dim", config["joint_attention_dim"]), d)
+             + _linear(1, TIMESTEP_FEATURES, d) + _linear(1, d, d))
+    block = (2 * _linear(1, d, 6 * d) + 4 * _linear(s, d, d) + 2 * 2 * s * s * d
+             + _linear(s, d, hidden) + _linear(s, hidden, d))
+    head = _linear(1, d, 2 * d) + _linear(n, d, patch * patch * out_channels)
     return float(embed + layers * block + head)
 
 
@@ -265,10 +257,7 @@ def zimage_call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens:
     a modulated block adds its adaLN linear (min(d, 256) → 4d). The final layer (adaLN → d, then
     d → 4·C) runs on the whole joint sequence. Same counting rules as :func:`flux_call_flops`.
     """
-    missing = [key for key in ZIMAGE_REQUIRED_KEYS if key not in config]
-    if missing:
-        raise ValueError(f"config lacks the transformer keys {missing}; needs {list(ZIMAGE_REQUIRED_KEYS)}")
-    n, m = _count("image_tokens", image_tokens), _count("text_tokens", text_tokens)
+    n, m = _token_counts(config, ZIMAGE_REQUIRED_KEYS, image_tokens, text_tokens)
     n += -n % ZIMAGE_SEQ_MULTIPLE
     m += -m % ZIMAGE_SEQ_MULTIPLE
     d = _count("dim", config["dim"])
@@ -276,18 +265,15 @@ def zimage_call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens:
     patch_features = 4 * _count("in_channels", config["in_channels"])  # 2x2 patches of one frame
     hidden, adaln = int(d / 3 * 8), min(d, TIMESTEP_FEATURES)
 
-    def linear(tokens: int, fan_in: int, fan_out: int) -> int:
-        return 2 * tokens * fan_in * fan_out
-
     def block(s: int, modulated: bool) -> int:
-        return ((linear(1, adaln, 4 * d) if modulated else 0) + 4 * linear(s, d, d) + 2 * 2 * s * s * d
-                + 2 * linear(s, d, hidden) + linear(s, hidden, d))
+        return ((_linear(1, adaln, 4 * d) if modulated else 0) + 4 * _linear(s, d, d) + 2 * 2 * s * s * d
+                + 2 * _linear(s, d, hidden) + _linear(s, hidden, d))
 
     features, mid = ZIMAGE_TIME_WIDTHS
-    embed = (linear(1, features, mid) + linear(1, mid, adaln) + linear(n, patch_features, d)
-             + linear(m, _count("cap_feat_dim", config["cap_feat_dim"]), d))
+    embed = (_linear(1, features, mid) + _linear(1, mid, adaln) + _linear(n, patch_features, d)
+             + _linear(m, _count("cap_feat_dim", config["cap_feat_dim"]), d))
     stacks = refiners * (block(n, True) + block(m, False)) + layers * block(n + m, True)
-    head = linear(1, adaln, d) + linear(n + m, d, patch_features)
+    head = _linear(1, adaln, d) + _linear(n + m, d, patch_features)
     return float(embed + stacks + head)
 
 
@@ -295,13 +281,10 @@ def call_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: int) -
     """One transformer call for one sample, of the family the config's ``_class_name`` names
     (FLUX.1 when it names none and has single layers, SD3 when it has ``caption_projection_dim``)."""
     counters = {"FluxTransformer2DModel": flux_call_flops, "SD3Transformer2DModel": sd3_call_flops,
-                "Flux2Transformer2DModel": globals().get("flux2_call_flops"),
-                "QwenImageTransformer2DModel": globals().get("qwenimage_call_flops"),
-                "ZImageTransformer2DModel": globals().get("zimage_call_flops")}
+                "Flux2Transformer2DModel": flux2_call_flops, "QwenImageTransformer2DModel": qwenimage_call_flops,
+                "ZImageTransformer2DModel": zimage_call_flops}
     name = config.get("_class_name")
     if name in counters:
-        if counters[name] is None:
-            raise ValueError(f"no FLOPs count for {name} yet")
         return counters[name](config, image_tokens, text_tokens)
     if is_sd3_config(config):
         return sd3_call_flops(config, image_tokens, text_tokens)
