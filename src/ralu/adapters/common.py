@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from ..layout import tokens_to_latent
 from .base import TIMESTEP_SCALE, Conditioning, Step
@@ -81,6 +82,28 @@ def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     rotated = torch.stack([-imag, real], dim=-1).flatten(3)
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
+
+
+def rotated_joint_attention(processor, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
+                            attention_mask, rope: tuple[torch.Tensor, torch.Tensor], qkv_projections) -> torch.Tensor:
+    """The attention of a FLUX.1 or FLUX.2 processor with per-sample rotary factors: q/k/v of the image
+    stream (and of the text stream before it, when ``encoder_hidden_states`` is given), their norms,
+    ``rope`` = (cos, sin) each (B, S_txt + S_img, head_dim), and the processor's attention backend.
+
+    qkv_projections: the family's ``_get_qkv_projections(attn, hidden_states, encoder_hidden_states)``.
+    Returns (B, S_txt + S_img, heads·head_dim), text first, before the output projections.
+    """
+    q, k, v, eq, ek, ev = qkv_projections(attn, hidden_states, encoder_hidden_states)
+    q, k, v = (t.unflatten(-1, (-1, attn.head_dim)) for t in (q, k, v))
+    q, k = attn.norm_q(q), attn.norm_k(k)
+    if attn.added_kv_proj_dim is not None:
+        eq, ek, ev = (t.unflatten(-1, (-1, attn.head_dim)) for t in (eq, ek, ev))
+        eq, ek = attn.norm_added_q(eq), attn.norm_added_k(ek)
+        q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
+    q, k = rotate_pairs(q, *rope), rotate_pairs(k, *rope)
+    out = dispatch_attention_fn(q, k, v, attn_mask=attention_mask, backend=processor._attention_backend,
+                                parallel_config=processor._parallel_config)
+    return out.flatten(2, 3).to(q.dtype)
 
 # the processors installed on each transformer, reused so that a compiled model sees the same objects
 _INSTALLED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

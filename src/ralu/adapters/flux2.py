@@ -38,7 +38,7 @@ from diffusers.models.transformers.transformer_flux2 import (Flux2AttnProcessor,
 
 from ..layout import tokens_to_latent
 from .base import TIMESTEP_SCALE, Conditioning
-from .common import AdapterBase, Decoder, Guidance, processors_swapped, rotate_pairs
+from .common import AdapterBase, Decoder, Guidance, processors_swapped, rotate_pairs, rotated_joint_attention
 
 MIXED_POSITIONS = ("low_grid", "full_grid")
 
@@ -54,17 +54,8 @@ class BatchedRopeFlux2AttnProcessor(Flux2AttnProcessor):
                  batched_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None):
         if batched_rotary_emb is None:
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        q, k, v, eq, ek, ev = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
-        q, k, v = (t.unflatten(-1, (-1, attn.head_dim)) for t in (q, k, v))
-        q, k = attn.norm_q(q), attn.norm_k(k)
-        if attn.added_kv_proj_dim is not None:
-            eq, ek, ev = (t.unflatten(-1, (-1, attn.head_dim)) for t in (eq, ek, ev))
-            eq, ek = attn.norm_added_q(eq), attn.norm_added_k(ek)
-            q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
-        q, k = rotate_pairs(q, *batched_rotary_emb), rotate_pairs(k, *batched_rotary_emb)
-        out = dispatch_attention_fn(q, k, v, attn_mask=attention_mask, backend=self._attention_backend,
-                                    parallel_config=self._parallel_config)
-        out = out.flatten(2, 3).to(q.dtype)
+        out = rotated_joint_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask,
+                                      batched_rotary_emb, _get_qkv_projections)
         if encoder_hidden_states is None:
             return attn.to_out[1](attn.to_out[0](out))
         context, out = out.split_with_sizes([encoder_hidden_states.shape[1], out.shape[1] - encoder_hidden_states.shape[1]], 1)
