@@ -230,15 +230,23 @@ class AdapterBase:
 
     # --- shared --------------------------------------------------------------------------------------
 
-    def velocity(self, x: torch.Tensor, positions: Any, sigma: torch.Tensor | float,
-                 step: Step | None = None) -> torch.Tensor:
-        """x (B, S, D) tokens at noise level sigma → the (guided) velocity, same shape and dtype."""
-        sigma = as_sigma(sigma, x.device)
+    def begin_step(self, sigma: torch.Tensor | float, device: torch.device,
+                   step: Step | None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Before a step's calls: forget the cache hooks' state at a stage's first step and make ``step``
+        current. → (sigma as a 0-d float32 tensor, the step's fields for :func:`cache_context`); the
+        caller sets ``self.current`` back to None when the step's calls are done."""
+        sigma = as_sigma(sigma, device)
         if step is not None and step.starts_stage:
             reset_cache_state(self.transformer)
         self.current = step
         where = {} if step is None else dict(step_index=step.index, num_inference_steps=step.steps,
                                               timestep=sigma * TIMESTEP_SCALE, sigma=step.sigma_value)
+        return sigma, where
+
+    def velocity(self, x: torch.Tensor, positions: Any, sigma: torch.Tensor | float,
+                 step: Step | None = None) -> torch.Tensor:
+        """x (B, S, D) tokens at noise level sigma → the (guided) velocity, same shape and dtype."""
+        sigma, where = self.begin_step(sigma, x.device, step)
         guidance = self.guidance
         try:
             if guidance is None:

@@ -42,7 +42,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..layout import PATCH, grid_positions, tokens_to_latent
 from .base import TIMESTEP_SCALE, Conditioning, Step
-from .common import AdapterBase, Decoder, Guidance, as_sigma, cache_context, reset_cache_state
+from .common import AdapterBase, Decoder, Guidance, cache_context
 
 MIXED_POSITIONS = ("full_grid", "low_grid")
 PATCH_KEY = f"{PATCH}-1"  # the transformer's embedder for 2x2 spatial, 1 frame patches
@@ -315,12 +315,7 @@ class ZImageAdapter(AdapterBase):
         One transformer call per step: ``[positive, negative]`` under guidance (the positive branch
         alone on truncated steps), as ZImagePipeline.
         """
-        sigma = as_sigma(sigma, x.device)
-        if step is not None and step.starts_stage:
-            reset_cache_state(self.transformer)
-        self.current = step
-        where = {} if step is None else dict(step_index=step.index, num_inference_steps=step.steps,
-                                              timestep=sigma * TIMESTEP_SCALE, sigma=step.sigma_value)
+        sigma, where = self.begin_step(sigma, x.device, step)
         scale = self.guidance_scale_at(float(sigma) if step is None else step.sigma_value)
         try:
             if scale == 0.0:
