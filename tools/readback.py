@@ -6,7 +6,9 @@ Captions are ``ralu.eval.prompts.toy_prompts(CAPTIONS)`` (held out from training
 guidance 3 (the demo's and the benchmarks' default). Prints the share of captions passing
 ``check_prompt`` overall and per check (colour, shape, relation), each ± 2 SE; then shape read-back for
 one-object and two-object captions apart, and which kind was drawn for each kind asked
-(``shapes.drawn_kinds``; "-": the object's colour was not found). The numbers in
+(``shapes.drawn_kinds``; "-": the object's colour was not found); last, for captions asking two different
+kinds, whether each object got the kind asked, the other object's (words bound to the wrong object), neither,
+or was missing (``shapes.kind_bindings``). The numbers in
 ``src/ralu/data/toy/training.json`` ("note") and docs/verdict.md ("Toy weights") come from
 ``python tools/readback.py src/ralu/data/toy 128 50 2``.
 """
@@ -21,7 +23,7 @@ import torch
 
 from ralu import Baseline
 from ralu.demo.model import DEFAULT_GUIDANCE, generate, load_toy
-from ralu.demo.shapes import KINDS, check_prompt, drawn_kinds, parse_caption
+from ralu.demo.shapes import BINDINGS, KINDS, check_prompt, drawn_kinds, kind_bindings, parse_caption
 from ralu.eval.prompts import toy_prompts
 
 
@@ -32,7 +34,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(threads)
     model = load_toy(folder, device)
     captions = [p.text for p in toy_prompts(count)]
-    rows, asked_drawn = [], Counter()
+    rows, asked_drawn, bindings = [], Counter(), Counter()
     for i in range(0, count, 32):
         batch = captions[i:i + 32]
         images, _ = generate(model, batch, list(range(i, i + len(batch))), Baseline(steps), DEFAULT_GUIDANCE)
@@ -40,7 +42,10 @@ def main(argv: list[str]) -> int:
         for picture, caption in zip(pictures, batch):
             scene = parse_caption(caption)
             rows.append(dict(check_prompt(picture, scene), objects=len(scene.objects)))
-            asked_drawn.update(zip((o.kind for o in scene.objects), drawn_kinds(picture, scene)))
+            asked, drawn = [o.kind for o in scene.objects], drawn_kinds(picture, scene)
+            asked_drawn.update(zip(asked, drawn))
+            if len(set(asked)) == 2:
+                bindings.update(kind_bindings(asked, drawn))
     parts = []
     for key in ("all", "colour", "shape", "relation"):
         values = np.array([r[key] for r in rows if r[key] is not None], dtype=float)
@@ -52,6 +57,8 @@ def main(argv: list[str]) -> int:
     print("  asked → drawn: " + "; ".join(
         f"{asked} → " + " ".join(f"{drawn or '-'} {asked_drawn[asked, drawn]}" for drawn in (*KINDS, None))
         for asked in KINDS))
+    print(f"  two different kinds asked, {sum(bindings.values())} objects drawn with the kind: "
+          + ", ".join(f"{label} {bindings[label]}" for label in BINDINGS))
     return 0
 
 

@@ -110,3 +110,12 @@ def test_drawn_kinds_reads_each_object_as_drawn_and_none_where_its_colour_is_mis
     asked = dataclasses.replace(drawn, objects=(dataclasses.replace(drawn.objects[0], kind="square"),
                                                 dataclasses.replace(drawn.objects[1], colour="green")))
     assert shapes.drawn_kinds(shapes.render(drawn, 64), asked) == ["circle", None]
+
+
+def test_kind_bindings_tells_swapped_words_from_a_wrong_kind():
+    assert shapes.kind_bindings(["square", "circle"], ["circle", "square"]) == ["other object's"] * 2
+    assert shapes.kind_bindings(["square", "circle"], ["square", "square"]) == ["asked", "other object's"]
+    assert shapes.kind_bindings(["square", "circle"], ["triangle", None]) == ["neither", "missing"]
+    # same kinds asked: a different kind drawn is no other object's
+    assert shapes.kind_bindings(["square", "square"], ["circle", "square"]) == ["neither", "asked"]
+    assert shapes.kind_bindings(["triangle"], ["circle"]) == ["neither"]

@@ -290,6 +290,21 @@ def drawn_kinds(image: np.ndarray, scene: Scene) -> list[str | None]:
     return [None if blob is None else classify_shape(blob) for blob in found_blobs(image, scene)]
 
 
+BINDINGS = ("asked", "other object's", "neither", "missing")
+
+
+def kind_bindings(asked: list[str], drawn: list[str | None]) -> list[str]:
+    """For each object, how its drawn kind (:func:`drawn_kinds`) relates to the caption's: "asked";
+    "other object's" (the kind the caption gives the other object, where the two differ: the words are
+    bound to the wrong object); "neither"; "missing" (its colour was not found)."""
+    labels = []
+    for index, (want, got) in enumerate(zip(asked, drawn)):
+        others = asked[:index] + asked[index + 1:]
+        labels.append("missing" if got is None else "asked" if got == want
+                      else "other object's" if got in others else "neither")
+    return labels
+
+
 def check_prompt(image: np.ndarray, scene: Scene) -> dict[str, float | None]:
     """Does ``image`` (H, W, 3) in [0, 1] show what ``scene.caption`` asks, by the generator's own rules?
 
