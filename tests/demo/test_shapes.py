@@ -92,6 +92,35 @@ def test_a_mirrored_scene_flips_the_relation_word_and_the_arrangement_and_still_
         assert not np.array_equal(shapes.render(partner, 64), shapes.render(scene, 64))
 
 
+def test_kinds_swapped_binds_the_kind_words_the_other_way_round_and_still_reads_back():
+    seen = set()
+    for scene in shapes.scenes(23, 80):
+        partner = shapes.kinds_swapped(scene)
+        asked = [o.kind for o in scene.objects]
+        got = [o.kind for o in partner.objects]
+        assert [(o.colour, o.size, o.radius) for o in partner.objects] == [
+            (o.colour, o.size, o.radius) for o in scene.objects]
+        assert partner.relation == scene.relation and partner.background == scene.background
+        if len(set(asked)) == 2:
+            seen.add("swap")
+            assert got == asked[::-1]
+            assert shapes.kinds_swapped(partner).caption == scene.caption
+            # the original picture draws each object with the other's kind for the partner's caption
+            assert shapes.check_prompt(shapes.render(scene, 64), partner)["shape"] == 0.0
+        else:
+            seen.add("next")
+            assert got == [shapes.KINDS[(shapes.KINDS.index(k) + 1) % 3] for k in asked]
+        assert shapes.check_prompt(shapes.render(partner, 64), partner)["all"] == 1.0, partner.caption
+        for o in partner.objects:  # inside the image, margin 0.02
+            x0, y0, x1, y1 = shapes.extent(o.kind)
+            assert 0.02 - 1e-9 <= o.center[0] + o.radius * x0 and o.center[0] + o.radius * x1 <= 0.98 + 1e-9
+            assert 0.02 - 1e-9 <= o.center[1] + o.radius * y0 and o.center[1] + o.radius * y1 <= 0.98 + 1e-9
+    assert seen == {"swap", "next"}
+    # a square in the corner becoming a circle moves inwards just enough
+    corner = shapes.Scene((shapes.Shape("square", "red", "large", (0.02 + 0.8 * 0.2, 0.5), 0.2),), None, (0.5, 0.5))
+    assert shapes.kinds_swapped(corner).objects[0].center == pytest.approx((0.22, 0.5))
+
+
 @pytest.mark.parametrize("kind", shapes.KINDS)
 def test_classify_shape_on_each_template(kind):
     scene = shapes.Scene((shapes.Shape(kind, "red", "large", (0.5, 0.5), 0.3),), None, (0.5, 0.5))

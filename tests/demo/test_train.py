@@ -185,7 +185,7 @@ def test_the_text_encoders_learning_rate_scale_moves_only_the_text_encoder_faste
 def test_relation_pairs_share_their_noise_and_add_the_mse_of_their_difference():
     """With a model that predicts 0, the pair term is pair_weight × mean((x0_a - x0_b)²) exactly: the shared
     noise cancels in the target difference (independent noise would add 2·E[ε²] = 2)."""
-    batch = train.RenderedBatches(seed=4, batch=8, pairs=True)
+    batch = train.RenderedBatches(seed=4, batch=8, partner="relation")
     images, captions = batch[0]
     model = toy.build_toy(0)
     model.transformer.forward = lambda hidden_states, **kwargs: (torch.zeros_like(hidden_states),)
@@ -201,13 +201,23 @@ def test_relation_pairs_share_their_noise_and_add_the_mse_of_their_difference():
 
 
 def test_paired_batches_are_scenes_then_their_mirrored_partners():
-    images, captions = train.RenderedBatches(seed=4, batch=8, pairs=True)[0]
+    images, captions = train.RenderedBatches(seed=4, batch=8, partner="relation")[0]
     first = shapes.scenes(4 * 1_000_003, 4)
     partners = [shapes.mirrored(s) for s in first]
     assert captions == [s.caption for s in first + partners]
     assert np.array_equal(images[4:].numpy(), shapes.render_batch(partners, 64))
     with pytest.raises(ValueError, match="even"):
-        train.RenderedBatches(seed=4, batch=7, pairs=True)
+        train.RenderedBatches(seed=4, batch=7, partner="relation")
+    with pytest.raises(ValueError, match="partner must be one of"):
+        train.RenderedBatches(seed=4, batch=8, partner="colour")
+
+
+def test_kind_paired_batches_are_scenes_then_their_kind_swapped_partners():
+    images, captions = train.RenderedBatches(seed=4, batch=8, partner="kind")[0]
+    first = shapes.scenes(4 * 1_000_003, 4)
+    partners = [shapes.kinds_swapped(s) for s in first]
+    assert captions == [s.caption for s in first + partners]
+    assert np.array_equal(images[4:].numpy(), shapes.render_batch(partners, 64))
 
 
 def test_a_training_run_uses_and_records_its_relation_pairs(tmp_path, monkeypatch):
@@ -228,6 +238,14 @@ def test_a_training_run_uses_and_records_its_relation_pairs(tmp_path, monkeypatc
     for bad, match in ((-1.0, ">= 0"), (1.0, "even batch")):
         with pytest.raises(ValueError, match=f"relation_pairs.*{match}"):
             train.train(tmp_path / "bad", steps=1, batch=3 if match == "even batch" else 4, relation_pairs=bad)
+    seen.clear()
+    kinds = train.train(tmp_path / "kinds", **kwargs, kind_pairs=0.5)
+    assert seen[0] == ([s.caption for s in first + [shapes.kinds_swapped(s) for s in first]], 0.5)
+    assert kinds["kind_pairs"] == 0.5 and kinds["relation_pairs"] is None and paired["kind_pairs"] is None
+    with pytest.raises(ValueError, match="kind_pairs must be >= 0"):
+        train.train(tmp_path / "bad", steps=1, batch=4, kind_pairs=-0.5)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        train.train(tmp_path / "bad", steps=1, batch=4, kind_pairs=1.0, relation_pairs=1.0)
 
 
 def test_training_sets_records_and_saves_canonical_relations(tmp_path):

@@ -222,6 +222,30 @@ def mirrored(scene: Scene) -> Scene:
     return Scene(objects, relation, scene.background, scene.direction)
 
 
+def kinds_swapped(scene: Scene) -> Scene:
+    """The scene with its objects' kinds changed and all else kept: two objects of different kinds
+    exchange kinds (the caption's kind words now bound the other way round; its own inverse); otherwise
+    (one object, or two of one kind) each object takes the next kind of :data:`KINDS`. A centre moves
+    only as far as needed to keep the new kind's bounding box inside the image (margin 0.02), which keeps
+    the relation (the objects stand in opposite halves)."""
+    kinds = [o.kind for o in scene.objects]
+    if len(set(kinds)) == 2:
+        kinds = kinds[::-1]
+    else:
+        kinds = [KINDS[(KINDS.index(kind) + 1) % len(KINDS)] for kind in kinds]
+    margin = 0.02
+    objects = []
+    for o, kind in zip(scene.objects, kinds):
+        x0, y0, x1, y1 = extent(kind)
+        center = tuple(float(min(max(c, margin - o.radius * lo), 1 - margin - o.radius * hi))
+                       for c, lo, hi in ((o.center[0], x0, x1), (o.center[1], y0, y1)))
+        objects.append(Shape(kind, o.colour, o.size, center, o.radius))
+    return Scene(tuple(objects), scene.relation, scene.background, scene.direction)
+
+
+PARTNERS = {"relation": mirrored, "kind": kinds_swapped}  # training pairs (ralu.demo.train): what each changes
+
+
 def scenes(seed: int, count: int) -> list[Scene]:
     """``count`` scenes from one seed (the same list for the same seed)."""
     rng = np.random.default_rng(seed)

@@ -13,7 +13,8 @@ batches alternate, so the model also knows the half resolution RALU's first stag
 10% of the captions are dropped so that classifier-free guidance works.
 ``--relation-pairs W`` pairs each scene with its mirror image under the opposite relation word, on the
 same noise, and adds W × the MSE of the pair's velocity difference: the toy otherwise reads captions as a
-bag of words (``tools/relation_probe.py``).
+bag of words (``tools/relation_probe.py``). ``--kind-pairs W`` does the same with the scene whose two
+objects exchange kinds (:func:`~ralu.demo.shapes.kinds_swapped`): the kind words bound the other way round.
 
 The same script trains on a GPU (``--device cuda``, bfloat16 autocast there by default), with
 ``--workers`` processes rendering the batches ahead; a step's batch depends on the step alone, so
@@ -38,7 +39,7 @@ from ..layout import grid_positions, tokens_to_latent
 from ..schedule import shift_sigmas
 from .model import (ARCHITECTURES, AUTOCAST_CHOICES, BASE_SHIFT, RESOLUTION, ToyModel, bf16_is_fast, build_toy,
                     cpu_facts, encode_images, load_toy, save_toy)
-from .shapes import mirrored, render_batch, scenes
+from .shapes import PARTNERS, render_batch, scenes
 
 UNIFORM_SHARE = 0.5  # share of σ drawn uniformly; the rest from shift_3(uniform)
 
@@ -76,16 +77,16 @@ def flow_loss(model: ToyModel, images: torch.Tensor, captions: list[str], genera
     """Rectified-flow MSE of the velocity on a batch of images (B, 3, H, W) in [-1, 1], on the
     images' device. The random draws come from ``generator`` (a CPU generator) whatever the device.
 
-    ``pair_weight``: the batch's second half is its first half's mirrored partners (:class:`RenderedBatches`
-    with ``pairs``); each pair shares its noise, noise level and caption drop, and the loss adds
+    ``pair_weight``: the batch's second half is its first half's partners (:class:`RenderedBatches` with
+    ``partner``); each pair shares its noise, noise level and caption drop, and the loss adds
     ``pair_weight`` × the MSE of the pair's velocity difference against its target difference, which is
-    non-zero only where the arrangement differs: a direct signal to read the relation word."""
+    non-zero only where the pictures differ: a direct signal to read the word that differs."""
     device = images.device
     x0 = encode_images(images)
     batch, tokens, _ = x0.shape
     side = math.isqrt(tokens)
     if pair_weight is not None and batch % 2:
-        raise ValueError(f"batch must be even for relation pairs, got {batch}")
+        raise ValueError(f"batch must be even for pairs, got {batch}")
     draws = batch if pair_weight is None else batch // 2
     keep = torch.rand(draws, generator=generator) >= drop
     sigma = sample_sigmas(draws, generator, band)
@@ -115,14 +116,20 @@ def flow_loss(model: ToyModel, images: torch.Tensor, captions: list[str], genera
     return loss
 
 
-def check_pairs(weight: float | None, batch: int) -> None:
-    """ValueError naming relation_pairs unless it is None, or >= 0 with an even batch."""
-    if weight is None:
-        return
-    if not weight >= 0:
-        raise ValueError(f"relation_pairs must be >= 0, got {weight}")
-    if batch % 2:
-        raise ValueError(f"relation_pairs needs an even batch (scene + mirrored partner), got batch {batch}")
+def check_pairs(relation_pairs: float | None, kind_pairs: float | None, batch: int) -> tuple[str, float] | None:
+    """The run's (partner, weight) (a key of :data:`~ralu.demo.shapes.PARTNERS`), or None for independent
+    scenes; ValueError naming the parameter unless each weight is None or >= 0, at most one is set, and
+    the batch is even when one is."""
+    given = {name: weight for name, weight in (("relation", relation_pairs), ("kind", kind_pairs))
+             if weight is not None}
+    for name, weight in given.items():
+        if not weight >= 0:
+            raise ValueError(f"{name}_pairs must be >= 0, got {weight}")
+        if batch % 2:
+            raise ValueError(f"{name}_pairs needs an even batch (scene + partner), got batch {batch}")
+    if len(given) > 1:
+        raise ValueError("relation_pairs and kind_pairs cannot be combined (a batch has one kind of partner)")
+    return next(iter(given.items()), None)
 
 
 def _learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -161,18 +168,22 @@ def training_device(name: str) -> torch.device:
 class RenderedBatches(torch.utils.data.Dataset):
     """Step i → (images (batch, 3, size, size) in [-1, 1], captions) of ``shapes.scenes(seed · 1_000_003 + i,
     batch)``, 64 px on even steps and 32 px on odd ones: the training data, a function of the step alone.
-    With ``pairs``, half as many scenes followed by their :func:`~ralu.demo.shapes.mirrored` partners."""
+    With ``partner`` (a key of :data:`~ralu.demo.shapes.PARTNERS`: "relation" for
+    :func:`~ralu.demo.shapes.mirrored`, "kind" for :func:`~ralu.demo.shapes.kinds_swapped`), half as
+    many scenes followed by their partners."""
 
-    def __init__(self, seed: int, batch: int, pairs: bool = False):
-        if pairs and batch % 2:
-            raise ValueError(f"batch must be even for relation pairs, got {batch}")
-        self.seed, self.batch, self.pairs = seed, batch, pairs
+    def __init__(self, seed: int, batch: int, partner: str | None = None):
+        if partner is not None and partner not in PARTNERS:
+            raise ValueError(f"partner must be one of {tuple(PARTNERS)} or None, got {partner!r}")
+        if partner is not None and batch % 2:
+            raise ValueError(f"batch must be even for pairs, got {batch}")
+        self.seed, self.batch, self.partner = seed, batch, partner
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, list[str]]:
         size = RESOLUTION if step % 2 == 0 else RESOLUTION // 2
-        batch_scenes = scenes(self.seed * 1_000_003 + step, self.batch // 2 if self.pairs else self.batch)
-        if self.pairs:
-            batch_scenes += [mirrored(s) for s in batch_scenes]
+        batch_scenes = scenes(self.seed * 1_000_003 + step, self.batch // 2 if self.partner else self.batch)
+        if self.partner:
+            batch_scenes += [PARTNERS[self.partner](s) for s in batch_scenes]
         return torch.from_numpy(render_batch(batch_scenes, size)), [s.caption for s in batch_scenes]
 
 
@@ -200,7 +211,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
           resume: bool = False, architecture: str = "flux", autocast: bool | None = None, width: int | None = None,
           stop_before: int | None = None, command: str | None = None, device: str = "cpu", workers: int = 0,
           sigma_band: Sequence[float] | None = None, text_layers: int | None = None,
-          text_lr_scale: float = 1.0, relation_pairs: float | None = None,
+          text_lr_scale: float = 1.0, relation_pairs: float | None = None, kind_pairs: float | None = None,
           canonical_relations: bool | None = None) -> dict:
     """Train and save the EMA weights to ``out`` with ``training.json``; see the module docstring.
 
@@ -220,6 +231,8 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
     ``text_lr_scale``: the text encoder's learning rate as a multiple of ``lr`` (same warm-up and decay).
     ``relation_pairs``: train on mirrored pairs with this weight on their difference (``pair_weight`` of
     :func:`flow_loss`; 0 pairs them without the extra term); None trains on independent scenes.
+    ``kind_pairs``: the same with kind-swapped partners (:func:`~ralu.demo.shapes.kinds_swapped`); not
+    with ``relation_pairs``.
     ``canonical_relations``: set the tokenizer's rewriting of relations
     (:class:`~ralu.demo.model.ToyTokenizer`; saved with the model); None keeps the model's own.
     """
@@ -227,7 +240,8 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
     band = check_band(sigma_band)
     if workers < 0:
         raise ValueError(f"workers must be >= 0 (0 renders in the training process), got {workers}")
-    check_pairs(relation_pairs, batch)
+    pairs = check_pairs(relation_pairs, kind_pairs, batch)
+    partner, pair_weight = pairs if pairs else (None, None)
     autocast = (device.type == "cuda" or bf16_is_fast()) if autocast is None else autocast
     torch.set_num_threads(threads)
     out = Path(out)
@@ -268,7 +282,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         generator.set_state(state["generator"])
         first, log, elapsed = state["step"], state["log"], state["elapsed"]
         print(f"resumed at step {first} ({elapsed / 60:.1f} min so far)", flush=True)
-    batches = torch.utils.data.DataLoader(RenderedBatches(seed, batch, relation_pairs is not None),
+    batches = torch.utils.data.DataLoader(RenderedBatches(seed, batch, partner),
                                           batch_size=None,
                                           sampler=range(first, steps), num_workers=workers,
                                           pin_memory=device.type == "cuda")
@@ -280,7 +294,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         images = images.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, steps, lr * group["scale"], warmup)
-        loss = flow_loss(model, images, captions, generator, caption_drop, autocast, band, relation_pairs)
+        loss = flow_loss(model, images, captions, generator, caption_drop, autocast, band, pair_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -312,6 +326,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         + ("" if band is None else f"; {band[2]:g} of them replaced by uniform[{band[0]:g}, {band[1]:g}]"),
         architecture=model.architecture, transformer=dict(model.transformer.config),
         text_layers=model.text_encoder.layers, text_lr_scale=text_lr_scale, relation_pairs=relation_pairs,
+        kind_pairs=kind_pairs,
         canonical_relations=model.tokenizer.canonical_relations,
         parameters=dict(transformer=sum(p.numel() for p in model.transformer.parameters()),
                         text_encoder=sum(p.numel() for p in model.text_encoder.parameters())),
@@ -352,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--relation-pairs", type=float, metavar="WEIGHT",
                         help="train on scenes and their mirrored partners (relation word flipped, same noise), "
                              "adding WEIGHT x the MSE of each pair's velocity difference")
+    parser.add_argument("--kind-pairs", type=float, metavar="WEIGHT",
+                        help="train on scenes and their kind-swapped partners (the two objects' kinds exchanged, "
+                             "same noise), adding WEIGHT x the MSE of each pair's velocity difference")
     parser.add_argument("--canonical-relations", action="store_true", default=None,
                         help="the tokenizer reads 'A right of B' as 'B left of A' and 'A below B' as 'B above A' "
                              "(saved with the model)")
@@ -368,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--text-layers must be >= 0, got {args.text_layers}")
         if not args.text_lr_scale > 0:
             raise ValueError(f"--text-lr-scale must be > 0, got {args.text_lr_scale}")
-        check_pairs(args.relation_pairs, args.batch)
+        check_pairs(args.relation_pairs, args.kind_pairs, args.batch)
     except ValueError as error:
         parser.error(str(error))
     record = train(args.out, args.steps, args.seed, args.batch, args.lr, ema=args.ema, threads=args.threads,
@@ -376,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    init=args.init, resume=args.resume, architecture=args.arch,
                    autocast=AUTOCAST_CHOICES[args.dtype], width=args.width, device=args.device, workers=args.workers,
                    sigma_band=args.sigma_band, text_layers=args.text_layers, text_lr_scale=args.text_lr_scale,
-                   relation_pairs=args.relation_pairs, canonical_relations=args.canonical_relations)
+                   relation_pairs=args.relation_pairs, kind_pairs=args.kind_pairs, canonical_relations=args.canonical_relations)
     print(f"saved {args.out}: {record['stopped_at'] or record['steps']} steps, final loss {record['final_loss']}, "
           f"{record['wall_seconds']:.0f} s")
     return 0
