@@ -12,12 +12,9 @@ from ralu import Baseline, RALUFluxPipeline
 from ralu.adapters.base import Conditioning
 from ralu.adapters.flux import BatchedRopeFluxAttnProcessor, FluxAdapter, per_sample_rope
 from ralu.layout import grid_positions
+from tests.families import gens
 
 SIZE = 256  # 16x16 full-res tokens, 8x8 low-res
-
-
-def gens(*seeds):
-    return [torch.Generator().manual_seed(s) for s in seeds]
 
 
 def test_from_pretrained_and_from_pipe(tiny_flux_path, flux_pipe, ralu_pipe):

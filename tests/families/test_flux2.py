@@ -19,22 +19,13 @@ from ralu.layout import (MixedLayout, children_indices, grid_positions, latent_t
                          upsample_tokens)
 from ralu.models import flux2_empirical_mu
 from ralu.testing.flux2 import TINY_FLUX2_TRANSFORMER
+from tests.families import gens, load, quiet
 
 SIZE = 256  # 16x16 full-res tokens, 8x8 low-res
 D = TINY_FLUX2_TRANSFORMER["in_channels"]  # 32 values per token (8 latent channels x 2 x 2)
 TEXT = 16  # max_sequence_length of the tests
 # flux2-dev-5x with fewer steps, for properties that do not depend on the step count
 FAST = RALUConfig.preset("flux2-dev-5x", steps=(2, 2, 2))
-
-
-def gens(*seeds):
-    return [torch.Generator().manual_seed(s) for s in seeds]
-
-
-def load(path, cls, **kwargs):
-    pipe = cls.from_pretrained(path, **kwargs)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def text_ids(count: int) -> torch.Tensor:
@@ -49,9 +40,7 @@ def stock(tiny_flux2_path):
 
 @pytest.fixture(scope="module")
 def pipe(stock):
-    ralu = RALUFlux2Pipeline.from_pipe(stock)
-    ralu.set_progress_bar_config(disable=True)
-    return ralu
+    return quiet(RALUFlux2Pipeline.from_pipe(stock))
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +50,7 @@ def klein_stock(tiny_klein_path):
 
 @pytest.fixture(scope="module")
 def klein(klein_stock):
-    ralu = RALUFlux2KleinPipeline.from_pipe(klein_stock)
-    ralu.set_progress_bar_config(disable=True)
-    return ralu
+    return quiet(RALUFlux2KleinPipeline.from_pipe(klein_stock))
 
 
 @pytest.fixture(scope="module")

@@ -19,21 +19,12 @@ from ralu.adapters.base import Conditioning
 from ralu.adapters.qwenimage import (BatchedRopeQwenAttnProcessor, QwenImageAdapter, per_sample_rope, qwen_vae_decode,
                                      rope_coordinates, rope_frequencies)
 from ralu.layout import MixedLayout, children_indices, grid_positions, low_positions
+from tests.families import gens, load, quiet
 
 SIZE = 128  # 16x16 latent, 8x8 full-res tokens, 4x4 low-res
 PROMPTS = ["a red circle left of a blue square", "a yellow star"]  # different lengths: a padding mask
 # qwen-image-5x with fewer steps, for tests of properties that do not depend on the step count
 FAST = RALUConfig.preset("qwen-image-5x", steps=(1, 2, 2))
-
-
-def gens(*seeds):
-    return [torch.Generator().manual_seed(s) for s in seeds]
-
-
-def load(path, cls=RALUQwenImagePipeline):
-    pipe = cls.from_pretrained(path)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +34,7 @@ def stock_pipe(tiny_qwenimage_path):
 
 @pytest.fixture(scope="module")
 def pipe(stock_pipe):
-    ralu = RALUQwenImagePipeline.from_pipe(stock_pipe)
-    ralu.set_progress_bar_config(disable=True)
-    return ralu
+    return quiet(RALUQwenImagePipeline.from_pipe(stock_pipe))
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +226,7 @@ def test_custom_processors_are_left_alone_and_samples_run_one_at_a_time(tiny_qwe
     class CustomProcessor(QwenDoubleStreamAttnProcessor2_0):
         pass
 
-    pipe = load(tiny_qwenimage_path)
+    pipe = load(tiny_qwenimage_path, RALUQwenImagePipeline)
     pipe.transformer.set_attn_processor(CustomProcessor())
     mine = dict(pipe.transformer.attn_processors)
     (text, mask), _ = embeds
@@ -277,7 +266,7 @@ def test_guided_batch_is_one_call_per_step_and_branch_and_equals_samples_run_alo
 # --- the pipeline against the stock pipeline ------------------------------------------------------------
 
 def test_from_pretrained_and_from_pipe(tiny_qwenimage_path, stock_pipe, pipe):
-    loaded = load(tiny_qwenimage_path)
+    loaded = load(tiny_qwenimage_path, RALUQwenImagePipeline)
     assert isinstance(loaded, RALUQwenImagePipeline) and loaded.default_preset == "qwen-image-3x"
     assert pipe.transformer is stock_pipe.transformer and pipe.vae is stock_pipe.vae
     out = loaded("a red circle", negative_prompt=" ", height=SIZE, width=SIZE, generator=gens(0), config=FAST)
@@ -647,7 +636,7 @@ def test_model_cpu_offload_hook_runs_before_the_token_forward(tiny_qwenimage_pat
     # adapter calls the model's parts, so it runs that hook itself (no accelerator here: the offload
     # device is the CPU and the test watches the hook being called)
     pytest.importorskip("accelerate")
-    pipe = load(tiny_qwenimage_path)
+    pipe = load(tiny_qwenimage_path, RALUQwenImagePipeline)
     kwargs = dict(height=SIZE, width=SIZE, config=FAST, output_type="latent", negative_prompt=" ")
     expected = pipe("a red circle", generator=gens(0), **kwargs).images
     pipe.enable_model_cpu_offload(device="cpu")

@@ -13,6 +13,7 @@ from ralu.adapters.base import Conditioning
 from ralu.adapters.sd3 import SD3Adapter, crop_origin, table_coordinates, table_embedding
 from ralu.layout import MixedLayout, grid_positions, low_positions
 from ralu.testing import TINY_SD35_BLOCKS, save_tiny_sd3
+from tests.families import gens, load, quiet
 
 SIZE = 128  # 16x16 latent, 8x8 full-res tokens, 4x4 low-res; the tiny table has 24x24 cells
 PROMPTS = ["a red circle left of a blue square", "a yellow star"]
@@ -20,19 +21,9 @@ PROMPTS = ["a red circle left of a blue square", "a yellow star"]
 FAST = RALUConfig.preset("sd3-3x", steps=(1, 2, 2))
 
 
-def gens(*seeds):
-    return [torch.Generator().manual_seed(s) for s in seeds]
-
-
 def pack(latents: torch.Tensor) -> torch.Tensor:
     b, c, h, w = latents.shape
     return FluxPipeline._pack_latents(latents, b, c, h, w)
-
-
-def load(path, cls=RALUStableDiffusion3Pipeline):
-    pipe = cls.from_pretrained(path)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +48,7 @@ def stock_pipe35(sd35_path):
 
 @pytest.fixture(scope="module")
 def pipe(stock_pipe):
-    ralu = RALUStableDiffusion3Pipeline.from_pipe(stock_pipe)
-    ralu.set_progress_bar_config(disable=True)
-    return ralu
+    return quiet(RALUStableDiffusion3Pipeline.from_pipe(stock_pipe))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +58,7 @@ def embeds(pipe):
 
 
 def test_from_pretrained_and_from_pipe(sd3_path, stock_pipe, pipe):
-    loaded = load(sd3_path)
+    loaded = load(sd3_path, RALUStableDiffusion3Pipeline)
     assert isinstance(loaded, RALUStableDiffusion3Pipeline) and loaded.default_preset == "sd3-2x"
     assert pipe.transformer is stock_pipe.transformer and pipe.vae is stock_pipe.vae
     out = loaded("a red circle", negative_prompt="a blue square", height=SIZE, width=SIZE, generator=gens(0),
@@ -270,7 +259,7 @@ def test_callback_on_step_end_follows_diffusers_convention(pipe):
 def test_lora_scale_applies_through_the_token_forward(sd3_path):
     from peft import LoraConfig
 
-    pipe = load(sd3_path)
+    pipe = load(sd3_path, RALUStableDiffusion3Pipeline)
     kwargs = dict(prompt="a red circle", height=SIZE, width=SIZE, output_type="latent", config=FAST,
                   max_sequence_length=16)
     before = pipe(generator=gens(0), **kwargs).images
@@ -342,7 +331,7 @@ def test_teacache_hook_works_on_sd3_under_ralu(request, path_fixture):
     the TeaCache-style hook handles that block and runs across RALU's stages."""
     from ralu.caching import IDENTITY_COEFFICIENTS, TeaCacheConfig, apply_teacache, remove_teacache
 
-    ralu = load(request.getfixturevalue(path_fixture))
+    ralu = load(request.getfixturevalue(path_fixture), RALUStableDiffusion3Pipeline)
     kwargs = dict(prompt=PROMPTS, height=128, width=128, output_type="latent", config="sd3-2x")
     reference = ralu(generator=gens(0, 1), **{**kwargs, "config": RALUConfig.preset("sd3-2x", up_ratio=0.0)}).images
     stats = apply_teacache(ralu.transformer, TeaCacheConfig(threshold=0.3, coefficients=IDENTITY_COEFFICIENTS))
@@ -366,7 +355,7 @@ def test_model_cpu_offload_hook_runs_before_the_token_forward(sd3_path):
     # the adapter calls the model's parts, so it must run that hook itself (this machine has no
     # accelerator, so the offload device is the CPU and the test watches the hook being called)
     pytest.importorskip("accelerate")
-    pipe = load(sd3_path)
+    pipe = load(sd3_path, RALUStableDiffusion3Pipeline)
     kwargs = dict(height=SIZE, width=SIZE, config=FAST, max_sequence_length=16, output_type="latent")
     expected = pipe("a red circle", generator=gens(0), **kwargs).images
     pipe.enable_model_cpu_offload(device="cpu")

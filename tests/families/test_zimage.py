@@ -28,6 +28,7 @@ from ralu.layout import MixedLayout, grid_positions, latent_to_tokens, low_posit
 from ralu.ntdm import ntdm_objective
 from ralu.pipelines.zimage import RALUZImagePipeline
 from ralu.testing import TINY_ZIMAGE_TRANSFORMER
+from tests.families import gens, load, quiet
 
 SIZE = 128  # 16x16 latent, 8x8 full-res tokens, 4x4 low-res
 PROMPTS = ["a red circle left of a blue square", "a yellow star"]
@@ -37,16 +38,6 @@ FAST = RALUConfig.preset("z-image-7x", steps=(1, 2, 2))
 PRESETS = {"z-image-turbo-1.6x": "z-image-turbo", "z-image-3x": "z-image", "z-image-7x": "z-image"}
 
 
-def gens(*seeds):
-    return [torch.Generator().manual_seed(s) for s in seeds]
-
-
-def load(path, cls=RALUZImagePipeline):
-    pipe = cls.from_pretrained(path)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @pytest.fixture(scope="module")
 def stock(tiny_zimage_path):
     return load(tiny_zimage_path, ZImagePipeline)
@@ -54,14 +45,12 @@ def stock(tiny_zimage_path):
 
 @pytest.fixture(scope="module")
 def pipe(stock):
-    ralu = RALUZImagePipeline.from_pipe(stock)
-    ralu.set_progress_bar_config(disable=True)
-    return ralu
+    return quiet(RALUZImagePipeline.from_pipe(stock))
 
 
 @pytest.fixture(scope="module")
 def base_pipe(tiny_zimage_base_path):
-    return load(tiny_zimage_base_path)
+    return load(tiny_zimage_base_path, RALUZImagePipeline)
 
 
 def stock_velocity(transformer, latents: torch.Tensor, sigma: float, captions: list[torch.Tensor]) -> torch.Tensor:
@@ -206,7 +195,7 @@ def test_cfg_truncation_turns_guidance_off_where_one_minus_sigma_exceeds_it(pipe
 # --- the pipeline ----------------------------------------------------------------------------------------
 
 def test_from_pretrained_from_pipe_and_the_default_presets(tiny_zimage_path, stock, pipe, base_pipe):
-    loaded = load(tiny_zimage_path)
+    loaded = load(tiny_zimage_path, RALUZImagePipeline)
     assert isinstance(loaded, RALUZImagePipeline) and pipe.transformer is stock.transformer and pipe.vae is stock.vae
     # the scheduler's shift tells Z-Image-Turbo (3.0) from Z-Image (6.0): as the shipped model specs say
     assert loaded.preset_for_model() == models.get("z-image-turbo").preset == "z-image-turbo-1.6x"
@@ -350,7 +339,7 @@ def test_callback_can_replace_the_prompt_embeddings(pipe):
 def test_lora_scale_applies_through_the_token_forward(tiny_zimage_path):
     from peft import LoraConfig
 
-    pipe = load(tiny_zimage_path)
+    pipe = load(tiny_zimage_path, RALUZImagePipeline)
     kwargs = dict(prompt="a red circle", height=SIZE, width=SIZE, output_type="latent", config=FAST,
                   guidance_scale=0.0, max_sequence_length=64)
     before = pipe(generator=gens(0), **kwargs).images
@@ -436,7 +425,7 @@ def test_bfloat16_runs_and_stays_stock_exact_on_a_uniform_grid(tiny_zimage_path)
 
 def test_model_cpu_offload_hook_runs_before_the_token_forward(tiny_zimage_path):
     pytest.importorskip("accelerate")
-    pipe = load(tiny_zimage_path)
+    pipe = load(tiny_zimage_path, RALUZImagePipeline)
     kwargs = dict(height=SIZE, width=SIZE, config=FAST, guidance_scale=0.0, max_sequence_length=64,
                   output_type="latent")
     expected = pipe("a red circle", generator=gens(0), **kwargs).images
@@ -494,7 +483,7 @@ def _pyramid_attention_broadcast(pipe):
 def test_diffusers_caches_on_the_block_stack_run_across_stages(tiny_zimage_base_path, cache):
     """Hooks on the attention / feed-forward modules of ``layers`` run under RALU: their state is reset at
     each stage (the token count changes), they skip work, and a second generation equals the first."""
-    pipe = load(tiny_zimage_base_path)
+    pipe = load(tiny_zimage_base_path, RALUZImagePipeline)
     calls = []
     pipe.transformer.layers[1].attention.to_q.register_forward_hook(lambda *a: calls.append(1))
     kwargs = dict(prompt=PROMPTS, height=SIZE, width=SIZE, config="z-image-3x", guidance_scale=4.0,
