@@ -83,7 +83,6 @@ def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
-
 def rotated_joint_attention(processor, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
                             attention_mask, rope: tuple[torch.Tensor, torch.Tensor], qkv_projections) -> torch.Tensor:
     """The attention of a FLUX.1 or FLUX.2 processor with per-sample rotary factors: q/k/v of the image
@@ -104,6 +103,7 @@ def rotated_joint_attention(processor, attn, hidden_states: torch.Tensor, encode
     out = dispatch_attention_fn(q, k, v, attn_mask=attention_mask, backend=processor._attention_backend,
                                 parallel_config=processor._parallel_config)
     return out.flatten(2, 3).to(q.dtype)
+
 
 # the processors installed on each transformer, reused so that a compiled model sees the same objects
 _INSTALLED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
