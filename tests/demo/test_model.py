@@ -250,3 +250,51 @@ def test_canonical_relations_read_each_scene_one_way_and_are_saved_with_the_mode
     del spec["canonical_relations"]  # files saved before the option read captions as written
     (tmp_path / "canonical" / "text_encoder.json").write_text(json.dumps(spec))
     assert toy.load_toy(tmp_path / "canonical").tokenizer.canonical_relations is False
+
+
+def test_phrase_means_average_each_objects_words_and_leave_relation_words_and_pads_out():
+    tokenizer = toy.ToyTokenizer()
+    ids = tokenizer(["a small red circle left of a large blue square", "a large green triangle", ""])
+    embeddings = torch.randn(3, ids.shape[1], 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    means = toy.phrase_means(embeddings, ids)
+    first, second = embeddings[0, 0:4].mean(0), embeddings[0, 6:10].mean(0)
+    for t in range(4):
+        torch.testing.assert_close(means[0, t], first)
+    for t in range(6, 10):
+        torch.testing.assert_close(means[0, t], second)
+    assert means[0, 4:6].abs().max() == 0 and means[0, 10:].abs().max() == 0  # "left of", pads
+    torch.testing.assert_close(means[1, 0:4], embeddings[1, 0:4].mean(0).expand(4, -1))
+    assert means[1, 4:].abs().max() == 0 and means[2].abs().max() == 0  # pads; the empty prompt
+    above = tokenizer(["a small red circle above a large blue square"])  # one relation word
+    e = embeddings[:1, : above.shape[1]]
+    torch.testing.assert_close(toy.phrase_means(e, above)[0, 5:9], e[0, 5:9].mean(0).expand(4, -1))
+
+
+def test_phrase_context_starts_as_the_identity_then_carries_the_colour_to_its_kind_word(tmp_path):
+    encoder = toy.ToyTextEncoder(layers=0)
+    captions = ["a small red circle left of a large blue square", "a small green circle left of a large blue square",
+                "a small red circle left of a large green square"]
+    ids = toy.ToyTokenizer()(captions)
+    before, _ = encoder(ids)
+    encoder.add_phrase_context()
+    assert encoder.phrase_context and torch.equal(encoder(ids)[0], before)  # zero projection: unchanged
+    torch.manual_seed(0)
+    torch.nn.init.normal_(encoder.phrase.weight, std=0.2)
+    states, _ = encoder(ids)
+    # without it the kind word's state (word 3, "circle") is the same whatever the colour; with it, it follows
+    # its own phrase's colour (captions 0, 1) and not the other object's (0, 2)
+    assert torch.equal(before[0, 3], before[1, 3])
+    assert not torch.allclose(states[0, 3], states[1, 3], atol=1e-3)
+    torch.testing.assert_close(states[0, 3], states[2, 3])
+    model = toy.build_toy(1, num_attention_heads=2)
+    model.text_encoder = encoder
+    loaded = toy.load_toy(toy.save_toy(model, tmp_path / "m"))
+    assert loaded.text_encoder.phrase_context
+    torch.testing.assert_close(loaded.text_encoder(ids)[0], states, atol=2e-2, rtol=0)  # float16 storage
+    spec = json.loads((tmp_path / "m" / "text_encoder.json").read_text())
+    assert spec["phrase_context"] is True
+    del spec["phrase_context"]  # a file from before the option: no projection
+    (tmp_path / "m" / "text_encoder.json").write_text(json.dumps(spec))
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        toy.load_toy(tmp_path / "m")
+    assert not toy.load_toy(toy.save_toy(toy.build_toy(1, num_attention_heads=2), tmp_path / "old")).text_encoder.phrase_context

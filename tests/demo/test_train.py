@@ -159,6 +159,17 @@ def test_training_grows_an_initial_models_text_encoder_and_resumes_it_exactly(tm
     assert moved > 0
 
 
+def test_training_adds_and_records_the_phrase_context(tmp_path):
+    base = toy.build_toy(3, num_attention_heads=2)
+    toy.save_toy(base, tmp_path / "base")
+    kwargs = dict(steps=2, batch=2, threads=1, checkpoint_every=0, init=tmp_path / "base", command="test")
+    record = train.train(tmp_path / "phrase", **kwargs, phrase_context=True)
+    assert record["phrase_context"] is True and train.train(tmp_path / "plain", **kwargs)["phrase_context"] is False
+    trained = toy.load_toy(tmp_path / "phrase").text_encoder
+    assert trained.phrase_context and trained.phrase.weight.abs().max() > 0  # trained away from its zero start
+    assert not toy.load_toy(tmp_path / "plain").text_encoder.phrase_context
+
+
 def test_the_text_encoders_learning_rate_scale_moves_only_the_text_encoder_faster(tmp_path):
     """Adam's first step moves every parameter with a gradient by about its learning rate: the text encoder's
     step grows with text_lr_scale, the transformer's does not."""

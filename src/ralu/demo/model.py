@@ -124,6 +124,21 @@ class ToyTokenizer:
         return ids
 
 
+PHRASE_START = VOCABULARY.index("a")  # every object's phrase begins with "a"
+RELATION_WORD_IDS = tuple(VOCABULARY.index(w) for w in ("left", "right", "of", "above", "below"))
+
+
+def phrase_means(embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """For each word of an object's phrase (from an "a" up to the next "a", relation words and pads left
+    out), the mean of its phrase's embeddings; zero for the other tokens. embeddings (B, T, D), ids (B, T)
+    of :data:`VOCABULARY` → (B, T, D)."""
+    phrase = torch.cumsum(ids == PHRASE_START, dim=1)  # 1 for the first object's words, 2 for the second's
+    member = (phrase > 0) & (ids != 0) & ~torch.isin(ids, torch.tensor(RELATION_WORD_IDS, device=ids.device))
+    onehot = F.one_hot(phrase * member, ids.shape[1] + 1)[..., 1:].to(embeddings.dtype)  # (B, T, phrases)
+    means = onehot.transpose(1, 2) @ embeddings / onehot.sum(1)[..., None].clamp(min=1.0)
+    return onehot @ means
+
+
 class ToyTextEncoder(nn.Module):
     """Word + position embeddings, then ``layers`` pre-norm self-attention blocks (4 heads, MLP 4×dim) that
     let every word see the whole caption, as a real text encoder's states do: ids (B, T) → states (B, T, dim)
@@ -132,10 +147,15 @@ class ToyTextEncoder(nn.Module):
     With ``layers=0`` the states are the embeddings alone: a colour word then says nothing of its object's
     place in the caption, and the transformer must bind words to objects itself (the toy's weights up to
     version 2 were trained so). :meth:`grow` adds blocks that start as the identity.
+
+    ``phrase_context``: each word of an object's phrase ("a <size> <colour> <kind>") also gets a learnt
+    projection of its phrase's mean word embedding (:func:`phrase_means`), so that the kind word's state
+    carries its object's colour and size, as a real text encoder's states carry their phrase. The
+    projection starts at zero (the identity); :meth:`add_phrase_context` adds it to a trained encoder.
     """
 
     def __init__(self, vocab_size: int = len(VOCABULARY), max_words: int = MAX_WORDS, dim: int = TEXT_DIM,
-                 layers: int = 0):
+                 layers: int = 0, phrase_context: bool = False):
         super().__init__()
         self.words = nn.Embedding(vocab_size, dim)
         self.positions = nn.Parameter(torch.zeros(max_words, dim))
@@ -143,6 +163,21 @@ class ToyTextEncoder(nn.Module):
         nn.init.normal_(self.positions, std=0.1)
         self.blocks = nn.ModuleList()
         self.grow(layers)
+        self.phrase: nn.Linear | None = None
+        if phrase_context:
+            self.add_phrase_context()
+
+    def add_phrase_context(self) -> None:
+        """Add the phrase projection (see the class docstring), zero so that the states are unchanged."""
+        if self.phrase is None:
+            dim = self.words.embedding_dim
+            self.phrase = nn.Linear(dim, dim).to(self.positions.device)
+            nn.init.zeros_(self.phrase.weight)
+            nn.init.zeros_(self.phrase.bias)
+
+    @property
+    def phrase_context(self) -> bool:
+        return self.phrase is not None
 
     def grow(self, layers: int) -> None:
         """Add blocks up to ``layers`` in all; each new one starts as the identity (its residual branches'
@@ -164,7 +199,10 @@ class ToyTextEncoder(nn.Module):
         return len(self.blocks)
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        states = self.words(ids) + self.positions[: ids.shape[1]]
+        embeddings = self.words(ids)
+        states = embeddings + self.positions[: ids.shape[1]]
+        if self.phrase is not None:
+            states = states + self.phrase(phrase_means(embeddings, ids))
         for block in self.blocks:  # no padding mask: the empty prompt is all pads and must still give states
             states = block(states)
         present = (ids != 0).to(states.dtype)[..., None]
@@ -251,7 +289,8 @@ def save_toy(model: ToyModel, folder: str | Path, dtype: torch.dtype = torch.flo
     (folder / "text_encoder.json").write_text(json.dumps(dict(
         vocabulary=list(model.tokenizer.vocabulary), max_words=model.tokenizer.max_words,
         dim=model.text_encoder.words.embedding_dim, layers=model.text_encoder.layers,
-        canonical_relations=model.tokenizer.canonical_relations), indent=1) + "\n")
+        canonical_relations=model.tokenizer.canonical_relations,
+        phrase_context=model.text_encoder.phrase_context), indent=1) + "\n")
     return folder
 
 
@@ -267,7 +306,11 @@ def load_toy(folder: str | Path | None = None, device: str | torch.device = "cpu
     transformer = _transformer_class(name).from_pretrained(folder / "transformer", torch_dtype=torch.float32)
     spec = json.loads((folder / "text_encoder.json").read_text())
     tokenizer = ToyTokenizer(spec["vocabulary"], spec["max_words"], spec.get("canonical_relations", False))
-    text_encoder = ToyTextEncoder(len(spec["vocabulary"]), spec["max_words"], spec["dim"], spec.get("layers", 0))
+    phrase_context = spec.get("phrase_context", False)
+    if phrase_context and list(spec["vocabulary"]) != list(VOCABULARY):
+        raise ValueError(f"{folder}: phrase_context needs the toy's own vocabulary {list(VOCABULARY)}")
+    text_encoder = ToyTextEncoder(len(spec["vocabulary"]), spec["max_words"], spec["dim"], spec.get("layers", 0),
+                                  phrase_context)
     text_encoder.load_state_dict({k: v.float() for k, v in load_file(str(folder / "text_encoder.safetensors")).items()})
     transformer.to(device).eval()
     text_encoder.to(device).eval()

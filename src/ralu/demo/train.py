@@ -212,7 +212,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
           stop_before: int | None = None, command: str | None = None, device: str = "cpu", workers: int = 0,
           sigma_band: Sequence[float] | None = None, text_layers: int | None = None,
           text_lr_scale: float = 1.0, relation_pairs: float | None = None, kind_pairs: float | None = None,
-          canonical_relations: bool | None = None) -> dict:
+          canonical_relations: bool | None = None, phrase_context: bool = False) -> dict:
     """Train and save the EMA weights to ``out`` with ``training.json``; see the module docstring.
 
     Step i renders ``shapes.scenes(seed · 1_000_003 + i, batch)``: 64 px on even steps, 32 px on
@@ -233,6 +233,8 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
     :func:`flow_loss`; 0 pairs them without the extra term); None trains on independent scenes.
     ``kind_pairs``: the same with kind-swapped partners (:func:`~ralu.demo.shapes.kinds_swapped`); not
     with ``relation_pairs``.
+    ``phrase_context``: give the text encoder its phrase projection
+    (:meth:`~ralu.demo.model.ToyTextEncoder.add_phrase_context`, starting at zero) if it has none.
     ``canonical_relations``: set the tokenizer's rewriting of relations
     (:class:`~ralu.demo.model.ToyTokenizer`; saved with the model); None keeps the model's own.
     """
@@ -258,6 +260,8 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         model.text_encoder.grow(text_layers)
     if canonical_relations is not None:
         model.tokenizer.canonical_relations = canonical_relations
+    if phrase_context:
+        model.text_encoder.add_phrase_context()
     model.transformer.to(device).train()
     model.text_encoder.to(device).train()
     if not text_lr_scale > 0:
@@ -326,7 +330,7 @@ def train(out: str | Path, steps: int, seed: int = 1, batch: int = 32, lr: float
         + ("" if band is None else f"; {band[2]:g} of them replaced by uniform[{band[0]:g}, {band[1]:g}]"),
         architecture=model.architecture, transformer=dict(model.transformer.config),
         text_layers=model.text_encoder.layers, text_lr_scale=text_lr_scale, relation_pairs=relation_pairs,
-        kind_pairs=kind_pairs,
+        kind_pairs=kind_pairs, phrase_context=model.text_encoder.phrase_context,
         canonical_relations=model.tokenizer.canonical_relations,
         parameters=dict(transformer=sum(p.numel() for p in model.transformer.parameters()),
                         text_encoder=sum(p.numel() for p in model.text_encoder.parameters())),
@@ -370,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kind-pairs", type=float, metavar="WEIGHT",
                         help="train on scenes and their kind-swapped partners (the two objects' kinds exchanged, "
                              "same noise), adding WEIGHT x the MSE of each pair's velocity difference")
+    parser.add_argument("--phrase-context", action="store_true",
+                        help="each word of an object's phrase also sees its phrase's mean embedding through a "
+                             "learnt projection that starts at zero (saved with the model)")
     parser.add_argument("--canonical-relations", action="store_true", default=None,
                         help="the tokenizer reads 'A right of B' as 'B left of A' and 'A below B' as 'B above A' "
                              "(saved with the model)")
@@ -394,7 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    init=args.init, resume=args.resume, architecture=args.arch,
                    autocast=AUTOCAST_CHOICES[args.dtype], width=args.width, device=args.device, workers=args.workers,
                    sigma_band=args.sigma_band, text_layers=args.text_layers, text_lr_scale=args.text_lr_scale,
-                   relation_pairs=args.relation_pairs, kind_pairs=args.kind_pairs, canonical_relations=args.canonical_relations)
+                   relation_pairs=args.relation_pairs, kind_pairs=args.kind_pairs, phrase_context=args.phrase_context,
+                   canonical_relations=args.canonical_relations)
     print(f"saved {args.out}: {record['stopped_at'] or record['steps']} steps, final loss {record['final_loss']}, "
           f"{record['wall_seconds']:.0f} s")
     return 0
