@@ -211,24 +211,20 @@ def test_relation_pairs_share_their_noise_and_add_the_mse_of_their_difference():
     assert loss(2.0) - loss(0.0) == pytest.approx(2.0 * expected, rel=1e-4)
 
 
-def test_paired_batches_are_scenes_then_their_mirrored_partners():
-    images, captions = train.RenderedBatches(seed=4, batch=8, partner="relation")[0]
+@pytest.mark.parametrize("partner, make", [("relation", shapes.mirrored), ("kind", shapes.kinds_swapped)])
+def test_paired_batches_are_scenes_then_their_partners(partner, make):
+    images, captions = train.RenderedBatches(seed=4, batch=8, partner=partner)[0]
     first = shapes.scenes(4 * 1_000_003, 4)
-    partners = [shapes.mirrored(s) for s in first]
+    partners = [make(s) for s in first]
     assert captions == [s.caption for s in first + partners]
     assert np.array_equal(images[4:].numpy(), shapes.render_batch(partners, 64))
     with pytest.raises(ValueError, match="even"):
-        train.RenderedBatches(seed=4, batch=7, partner="relation")
+        train.RenderedBatches(seed=4, batch=7, partner=partner)
+
+
+def test_batches_name_their_partner():
     with pytest.raises(ValueError, match="partner must be one of"):
         train.RenderedBatches(seed=4, batch=8, partner="colour")
-
-
-def test_kind_paired_batches_are_scenes_then_their_kind_swapped_partners():
-    images, captions = train.RenderedBatches(seed=4, batch=8, partner="kind")[0]
-    first = shapes.scenes(4 * 1_000_003, 4)
-    partners = [shapes.kinds_swapped(s) for s in first]
-    assert captions == [s.caption for s in first + partners]
-    assert np.array_equal(images[4:].numpy(), shapes.render_batch(partners, 64))
 
 
 def test_a_training_run_uses_and_records_its_relation_pairs(tmp_path, monkeypatch):
