@@ -293,6 +293,9 @@ def test_phrase_context_starts_as_the_identity_then_carries_the_colour_to_its_ki
     torch.testing.assert_close(loaded.text_encoder(ids)[0], states, atol=2e-2, rtol=0)  # float16 storage
     spec = json.loads((tmp_path / "m" / "text_encoder.json").read_text())
     assert spec["phrase_context"] is True
+    (tmp_path / "m" / "text_encoder.json").write_text(json.dumps(spec | {"vocabulary": spec["vocabulary"][::-1]}))
+    with pytest.raises(ValueError, match="phrase_context needs the toy's own vocabulary"):
+        toy.load_toy(tmp_path / "m")
     del spec["phrase_context"]  # a file from before the option: no projection
     (tmp_path / "m" / "text_encoder.json").write_text(json.dumps(spec))
     with pytest.raises(RuntimeError, match="Unexpected key"):
