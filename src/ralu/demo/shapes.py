@@ -38,6 +38,8 @@ COLOUR_TOLERANCE = 0.3
 NEUTRAL = 0.25
 # An object is found when its colour covers at least this share of the smallest object's area.
 MIN_AREA_SHARE = 0.3
+# Every shape's bounding box stays this far (image units) inside the image.
+MARGIN = 0.02
 
 
 def _star(points: int = 5, inner: float = 0.5) -> np.ndarray:
@@ -176,11 +178,10 @@ def parse_caption(caption: str) -> Scene:
 
 def _place(rng: np.random.Generator, shape_kind: str, radius: float, x_range: tuple[float, float],
            y_range: tuple[float, float]) -> tuple[float, float]:
-    """A centre that keeps the shape's bounding box inside the given image-unit ranges (margin 0.02)."""
+    """A centre that keeps the shape's bounding box inside the given image-unit ranges, :data:`MARGIN` from their edges."""
     x0, y0, x1, y1 = extent(shape_kind)
-    margin = 0.02
-    lo_x, hi_x = x_range[0] + margin - radius * x0, x_range[1] - margin - radius * x1
-    lo_y, hi_y = y_range[0] + margin - radius * y0, y_range[1] - margin - radius * y1
+    lo_x, hi_x = x_range[0] + MARGIN - radius * x0, x_range[1] - MARGIN - radius * x1
+    lo_y, hi_y = y_range[0] + MARGIN - radius * y0, y_range[1] - MARGIN - radius * y1
     return float(rng.uniform(lo_x, max(lo_x, hi_x))), float(rng.uniform(lo_y, max(lo_y, hi_y)))
 
 
@@ -226,18 +227,17 @@ def kinds_swapped(scene: Scene) -> Scene:
     """The scene with its objects' kinds changed and all else kept: two objects of different kinds
     exchange kinds (the caption's kind words now bound the other way round; its own inverse); otherwise
     (one object, or two of one kind) each object takes the next kind of :data:`KINDS`. A centre moves
-    only as far as needed to keep the new kind's bounding box inside the image (margin 0.02), which keeps
+    only as far as needed to keep the new kind's bounding box inside the image (:data:`MARGIN`), which keeps
     the relation (the objects stand in opposite halves)."""
     kinds = [o.kind for o in scene.objects]
     if len(set(kinds)) == 2:
         kinds = kinds[::-1]
     else:
         kinds = [KINDS[(KINDS.index(kind) + 1) % len(KINDS)] for kind in kinds]
-    margin = 0.02
     objects = []
     for o, kind in zip(scene.objects, kinds):
         x0, y0, x1, y1 = extent(kind)
-        center = tuple(float(min(max(c, margin - o.radius * lo), 1 - margin - o.radius * hi))
+        center = tuple(float(min(max(c, MARGIN - o.radius * lo), 1 - MARGIN - o.radius * hi))
                        for c, lo, hi in ((o.center[0], x0, x1), (o.center[1], y0, y1)))
         objects.append(Shape(kind, o.colour, o.size, center, o.radius))
     return Scene(tuple(objects), scene.relation, scene.background, scene.direction)
