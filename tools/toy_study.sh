@@ -25,3 +25,7 @@ $ralu eval generate toy --methods $methods --prompts "toy:$captions" --seeds 1 -
 $ralu eval score "$work" --metrics toy_readback toy_edges toy_fid psnr "${pairs[@]}"
 $ralu eval report "$work" --title "${TITLE:-Toy quality study: $captions held-out captions, seed 0}" \
   --plot set:toy_fid/kid/vs_truth toy_readback.all toy_readback.relation
+# the demo's read-back column (ralu demo): copy to src/ralu/data/toy/study.json when these weights ship
+python -c "import json, sys; from ralu.demo.run import study_record; \
+print(json.dumps(study_record(json.load(open(sys.argv[1])), sys.argv[2]), indent=1))" \
+  "$work/summary.json" "${SOURCE:-docs/toy256-COMMIT}" > "$work/study.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -14,14 +15,13 @@ from ..config import Baseline, RALUConfig
 from ..cost import matched_steps, speedup
 from . import model as toy
 from .images import comparison_grid, to_uint8
-from .shapes import check_prompt, parse_caption
 
 DEMO_PROMPTS = ("a large red circle left of a small blue square", "a large yellow triangle",
                 "a small green triangle above a large purple circle",
                 "a large orange square right of a small green circle")
 PRESETS = ("flux-dev-4x", "flux-dev-7x")
-# the shipped model's read-back rate below which the demo hides the column (it would measure the model, not RALU)
-READBACK_FLOOR = 0.5
+# the quality study of the shipped weights (tools/toy_study.sh): each method's read-back over held-out captions
+STUDY = toy.DATA_DIR / "study.json"
 
 
 @dataclass
@@ -33,7 +33,30 @@ class DemoRow:
     flops_speedup: float
     pictures: np.ndarray
     regions: np.ndarray | None
-    readback: float
+    readback: dict | None  # the study's read-back of this method (mean, se), None where it was not studied
+
+
+def study_key(config: RALUConfig | Baseline, baseline_steps: int) -> str:
+    """The method's name in the study: ``baseline:N``, ``steps:N`` or the preset's name."""
+    if isinstance(config, Baseline):
+        return f"{'baseline' if config.steps == baseline_steps else 'steps'}:{config.steps}"
+    return config.name
+
+
+def study_readback(methods: Sequence[RALUConfig | Baseline], baseline_steps: int, guidance: float,
+                   study: dict) -> list[dict | None] | None:
+    """Each method's read-back from ``study`` (``STUDY``'s layout), or None where the demo's settings are not
+    the study's: another guidance or baseline, or a method the study did not run (a changed preset)."""
+    if guidance != study["guidance"] or f"baseline:{baseline_steps}" not in study["readback"]:
+        return None
+    found = []
+    for config in methods:
+        key = study_key(config, baseline_steps)
+        if isinstance(config, RALUConfig) and (key not in RALUConfig.PRESETS or
+                                               config != RALUConfig.preset(key).resolve(study["base_shift"])):
+            key = None  # not a preset, or one with changed fields (--quick): not what the study ran
+        found.append(study["readback"].get(key))
+    return found
 
 
 def _methods(steps: int, full_tokens: int, model_config: dict, text_tokens: int,
@@ -47,9 +70,23 @@ def _methods(steps: int, full_tokens: int, model_config: dict, text_tokens: int,
     return out
 
 
+def study_record(summary: dict, source: str, guidance: float = toy.DEFAULT_GUIDANCE) -> dict:
+    """``STUDY``'s content from a toy study's ``summary.json`` (``ralu eval report``; the study runs at the
+    default guidance): each method's overall read-back."""
+    readback = {name: {key: method["scores"]["toy_readback.all"][key] for key in ("mean", "se")}
+                for name, method in summary["methods"].items()}
+    captions = summary["methods"][summary["reference"]]["scores"]["toy_readback.all"]["n"]
+    return dict(source=source, captions=captions, guidance=guidance, base_shift=toy.BASE_SHIFT, readback=readback)
+
+
+def _readback_cell(readback: dict | None) -> str:
+    return "-" if readback is None else f"{readback['mean']:.3f} ± {2 * readback['se']:.3f}"
+
+
 def run_demo(output: Path, steps: int = 50, guidance: float | None = None, quick: bool = False,
-             say: Callable[[str], None] = print) -> list[DemoRow]:
-    """Generate the demo prompts with every method, save the comparison PNG, print the table."""
+             say: Callable[[str], None] = print, study_path: Path = STUDY) -> list[DemoRow]:
+    """Generate the demo prompts with every method, save the comparison PNG, print the table (with each
+    method's read-back from the shipped quality study where the demo runs what the study ran)."""
     import torch
 
     guidance = toy.DEFAULT_GUIDANCE if guidance is None else guidance
@@ -72,17 +109,20 @@ def run_demo(output: Path, steps: int = 50, guidance: float | None = None, quick
         seconds = time.perf_counter() - start
         pictures = to_uint8(images)
         regions = None if result.layout is None else result.layout.mask().cpu().numpy()
-        checks = [check_prompt(p.astype(np.float32) / 255, parse_caption(c))["all"] for p, c in zip(pictures, prompts)]
         rows.append(DemoRow(config.name, result.model_calls, result.stage_tokens, seconds,
-                            speedup(config, full, steps, model_config, text), pictures, regions, float(np.mean(checks))))
+                            speedup(config, full, steps, model_config, text), pictures, regions, None))
         say(f"  [{number}/{len(methods)}] {config.name}: {result.model_calls} calls, {seconds:.1f} s")
+    study = json.loads(study_path.read_text()) if study_path.is_file() else None
+    readbacks = study and study_readback(methods, steps, guidance, study)
+    for row, readback in zip(rows, readbacks or ()):
+        row.readback = readback
+    show_readback = any(row.readback for row in rows)
     base = rows[0]
-    show_readback = base.readback >= READBACK_FLOOR
     picture_rows = []
     for row in rows:
         label = f"{row.name}\n{row.calls} calls\nFLOPs {row.flops_speedup:.2f}x\nmeasured {base.seconds / row.seconds:.2f}x"
-        if show_readback:
-            label += f"\nprompt ok {row.readback:.0%}"
+        if row.readback:
+            label += f"\nread-back {row.readback['mean']:.2f}"
         picture_rows.append((label, row.pictures, row.regions))
     output.parent.mkdir(parents=True, exist_ok=True)
     comparison_grid(picture_rows, prompts, title=f"RALU on the toy shapes model ({toy.RESOLUTION} px); "
@@ -91,18 +131,19 @@ def run_demo(output: Path, steps: int = 50, guidance: float | None = None, quick
                            "edges of its stage-1 clean estimate. 'steps N': the stock schedule cut to the preset's "
                            "transformer FLOPs.").save(output)
     header = (f"{'method':<14}{'calls':>6}  {'tokens per stage':<17}{'wall s':>8}{'measured':>10}{'FLOPs':>8}"
-              + (f"{'prompt ok':>11}" if show_readback else ""))
+              + (f"{'read-back ± 2 SE':>18}" if show_readback else ""))
     say("")
     say(header)
     say("-" * len(header))
     for row in rows:
         say(f"{row.name:<14}{row.calls:>6}  {' / '.join(map(str, row.tokens)):<17}{row.seconds:>8.2f}"
             f"{base.seconds / row.seconds:>9.2f}x{row.flops_speedup:>7.2f}x"
-            + (f"{row.readback:>11.0%}" if show_readback else ""))
+            + (f"{_readback_cell(row.readback):>18}" if show_readback else ""))
     say("")
     say("measured: wall time of the batch against the baseline's; FLOPs: the cost model's transformer ratio"
-        + ("; prompt ok: share of images whose colours, shapes and relation read back as the prompt asks "
-           "(ralu.demo.shapes.check_prompt)" if show_readback else "") + ".")
+        + (f"; read-back: share of {study['captions']} held-out captions whose colours, shapes and relation "
+           f"read back as asked (ralu.demo.shapes.check_prompt), from the shipped weights' quality study "
+           f"({study['source']})" if show_readback else "") + ".")
     say(f"saved {output}")
     return rows
 
