@@ -129,7 +129,8 @@ def run_demo(output: Path, steps: int = 50, guidance: float | None = None, quick
                     f"speedups against {base.name}",
                     legend="Cyan outlines: the low-resolution tokens RALU upsampled early (stage 2), chosen by the "
                            "edges of its stage-1 clean estimate. 'steps N': the stock schedule cut to the preset's "
-                           "transformer FLOPs.").save(output)
+                           "transformer FLOPs." + (f" Read-back: share of {study['captions']} held-out captions drawn as "
+                                                   f"asked, from {study['source']}." if show_readback else "")).save(output)
     header = (f"{'method':<14}{'calls':>6}  {'tokens per stage':<17}{'wall s':>8}{'measured':>10}{'FLOPs':>8}"
               + (f"{'read-back ± 2 SE':>18}" if show_readback else ""))
     say("")
