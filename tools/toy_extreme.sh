@@ -3,7 +3,7 @@
 # cuts of the same FLOPs at about 10x, 12.5x and 16.7x (5, 4 and 3 steps), on held-out captions, each its own
 # noise (seed 0). WORK may be a tools/toy_study.sh folder: its 50-step baseline images are reused.
 #
-#   bash tools/toy_extreme.sh WORK [CAPTIONS]     # CAPTIONS: default 256; about 12 min on two CPU cores
+#   bash tools/toy_extreme.sh WORK [CAPTIONS]     # CAPTIONS: default 256; about 9 min on two CPU cores with the baseline on disk
 set -euo pipefail
 work=${1:?usage: bash tools/toy_extreme.sh WORK [CAPTIONS]}
 captions=${2:-256}
