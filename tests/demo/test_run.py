@@ -34,10 +34,10 @@ def test_demo_quick_writes_a_labelled_grid_and_a_table(tmp_path, capsys):
     assert (np.abs(pixels.astype(int) - (0, 255, 255)).sum(-1) == 0).any()  # cyan region outlines drawn
 
 
-def _demo_methods():
+def _demo_methods(steps=50, quick=False):
     config = json.loads((toy.DATA_DIR / "transformer" / "config.json").read_text())
     grid = toy.token_grid()
-    return run._methods(50, grid[0] * grid[1], config, toy.MAX_WORDS, quick=False)
+    return run._methods(steps, grid[0] * grid[1], config, toy.MAX_WORDS, quick=quick)
 
 
 def _fake_study(keys, guidance=toy.DEFAULT_GUIDANCE):
@@ -69,9 +69,7 @@ def test_the_shipped_study_covers_the_demo_and_matches_its_committed_summary():
 
 @pytest.mark.slow  # over a second: in make test, not make test-fast
 def test_the_demo_prints_the_study_read_back_where_it_ran_the_same_method(tmp_path):
-    config = json.loads((toy.DATA_DIR / "transformer" / "config.json").read_text())
-    grid = toy.token_grid()
-    methods = run._methods(8, grid[0] * grid[1], config, toy.MAX_WORDS, quick=True)
+    methods = _demo_methods(8, quick=True)
     path = tmp_path / "study.json"
     study = _fake_study(dict.fromkeys(run.study_key(m, 8) for m in methods))
     path.write_text(json.dumps(study))
