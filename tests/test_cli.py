@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from PIL import Image
 
@@ -118,3 +120,23 @@ def test_schedule_reports_end_to_end_cost_with_decodes_and_cfg(capsys):
     # decodes are extra fixed costs: the end-to-end ratio sits just under the transformer-only 4.41x
     ratio = float(line.rsplit("=", 1)[1].strip().rstrip("x"))
     assert 4.2 < ratio < 4.41
+
+
+@pytest.mark.slow  # over a second (the planner's search): in make test, not make test-fast
+def test_the_toy_model_plans_and_schedules_on_its_own_token_grid(capsys):
+    """``--model toy``: the toy's 4 px per token and shift 3, so the CLI's FLOPs speedup at 64 px is the
+    one the demo computes from the toy's own token grid, and the planner finds schedules beyond 7x."""
+    from ralu.config import RALUConfig
+    from ralu.cost import speedup
+    from ralu.demo import model as toy
+
+    grid = toy.token_grid()
+    preset = RALUConfig.preset("flux-dev-4x").resolve(toy.BASE_SHIFT)
+    config = json.loads((toy.DATA_DIR / "transformer" / "config.json").read_text())
+    expected = speedup(preset, grid[0] * grid[1], 50, config, toy.MAX_WORDS)  # as ralu demo counts it
+    assert main(["schedule", "--preset", "flux-dev-4x", "--model", "toy", "--size", "64x64"]) == 0
+    assert f"analytic transformer speedup: {expected:.2f}x" in capsys.readouterr().out
+    assert main(["plan", "--speedup", "10", "--model", "toy", "--size", "64x64", "--baseline-steps", "50"]) == 0
+    assert "best: --steps 2 2 4 --ends 0.3 0.4 1 --up-ratio 0.1" in capsys.readouterr().out  # the study's plan:10
+    assert main(["plan", "--speedup", "10", "--model", "tyo"]) == 2
+    assert "--model must be one of" in capsys.readouterr().err

@@ -151,9 +151,14 @@ def _model_spec(name: str | None, config):
         return models.for_preset(getattr(config, "name", None) or "flux-dev-4x")
     if name in models.names():
         return models.get(name)
+    if name == "toy":
+        from .demo.model import model_spec
+
+        return model_spec()
     path = Path(name)
     if not path.is_file():
-        raise UsageError(f"--model must be one of {list(models.names())} or a transformer config.json, got {name!r}")
+        raise UsageError(f"--model must be one of {list(models.names())}, toy or a transformer config.json, "
+                         f"got {name!r}")
     transformer = json.loads(path.read_text())
     family = "sd3" if transformer.get("_class_name") == "SD3Transformer2DModel" else "flux"
     base = models.get("sd3-medium" if family == "sd3" else "flux-dev")
@@ -308,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     schedule = commands.add_parser("schedule", help="show a schedule's stages and analytic cost for a model and size")
     _add_schedule_options(schedule, baseline=False)
-    schedule.add_argument("--model", help="a shipped model (ralu.models.names()) or a transformer config.json "
-                                          "(default: the preset's model)")
+    schedule.add_argument("--model", help="a shipped model (ralu.models.names()), toy (the shipped toy model) "
+                                          "or a transformer config.json (default: the preset's model)")
     schedule.add_argument("--size", help="WIDTHxHEIGHT in px (default 1024x1024)")
     schedule.add_argument("--height", type=int)
     schedule.add_argument("--width", type=int)
@@ -326,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="find RALU schedules for a target speedup")
     plan.add_argument("--speedup", type=float, required=True, help="target speedup over the baseline, e.g. 5")
-    plan.add_argument("--model", help="a shipped model (default flux-dev) or a transformer config.json")
+    plan.add_argument("--model", help="a shipped model (default flux-dev), toy (the shipped toy model) or a "
+                                      "transformer config.json")
     plan.add_argument("--size", help="WIDTHxHEIGHT in px (default 1024x1024)")
     plan.add_argument("--height", type=int)
     plan.add_argument("--width", type=int)

@@ -294,6 +294,23 @@ def save_toy(model: ToyModel, folder: str | Path, dtype: torch.dtype = torch.flo
     return folder
 
 
+def model_spec(transformer_config: dict | None = None, guidance: float = DEFAULT_GUIDANCE):
+    """The toy as a :class:`ralu.models.ModelSpec`, for the cost model and the planner (``ralu plan --model
+    toy``): its transformer config (default: the shipped one's), its scheduler shift, 4 px per token, 50
+    steps, and two branches under classifier-free guidance."""
+    from types import MappingProxyType
+
+    from ..models import ModelSpec
+
+    if transformer_config is None:
+        transformer_config = json.loads((DATA_DIR / "transformer" / "config.json").read_text())
+    return ModelSpec(name="toy", family="flux", pipeline="toy", hub="ralu/data/toy",
+                     transformer=MappingProxyType(dict(transformer_config)),
+                     scheduler=MappingProxyType(dict(shift=BASE_SHIFT, use_dynamic_shifting=False)),
+                     decode_flops=(0.0, 0.0), steps=50, text_tokens=MAX_WORDS, branches=2 if guidance > 1 else 1,
+                     preset="flux-dev-4x", pixels_per_token=PIXELS_PER_TOKEN)
+
+
 def load_toy(folder: str | Path | None = None, device: str | torch.device = "cpu") -> ToyModel:
     """Load a saved toy model (default: the FLUX weights shipped in ``ralu/data/toy``; the SD3 twin
     is :data:`SD3_DATA_DIR`), float32, eval mode. The transformer class comes from its config."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -150,12 +149,8 @@ class ToyRunner:
         self.size = (size, size)
         self.bfloat16 = bfloat16
         self.name = "toy"
-        self.branches = 2 if self.guidance > 1 else 1
-        self.spec = ModelSpec(name="toy", family="flux", pipeline="toy", hub="ralu/data/toy",
-                              transformer=MappingProxyType(dict(self.model.transformer.config)),
-                              scheduler=MappingProxyType(dict(shift=toy.BASE_SHIFT, use_dynamic_shifting=False)),
-                              decode_flops=(0.0, 0.0), steps=50, text_tokens=toy.MAX_WORDS, branches=self.branches,
-                              preset="flux-dev-4x", pixels_per_token=toy.PIXELS_PER_TOKEN)
+        self.spec = toy.model_spec(dict(self.model.transformer.config), self.guidance)
+        self.branches = self.spec.branches
 
     def config(self, method: Method):
         if method.kind == "plan":
