@@ -132,8 +132,8 @@ def test_the_toy_model_plans_and_schedules_on_its_own_token_grid(capsys):
 
     grid = toy.token_grid()
     preset = RALUConfig.preset("flux-dev-4x").resolve(toy.BASE_SHIFT)
-    config = json.loads((toy.DATA_DIR / "transformer" / "config.json").read_text())
-    expected = speedup(preset, grid[0] * grid[1], 50, config, toy.MAX_WORDS)  # as ralu demo counts it
+    config = json.loads((toy.DATA_DIR / "transformer" / "config.json").read_text())  # as ralu demo reads it
+    expected = speedup(preset, grid[0] * grid[1], 50, config, toy.MAX_WORDS)
     assert main(["schedule", "--preset", "flux-dev-4x", "--model", "toy", "--size", "64x64"]) == 0
     assert f"analytic transformer speedup: {expected:.2f}x" in capsys.readouterr().out
     assert main(["plan", "--speedup", "10", "--model", "toy", "--size", "64x64", "--baseline-steps", "50"]) == 0

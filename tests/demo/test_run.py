@@ -35,9 +35,8 @@ def test_demo_quick_writes_a_labelled_grid_and_a_table(tmp_path, capsys):
 
 
 def _demo_methods(steps=50, quick=False):
-    config = json.loads((toy.DATA_DIR / "transformer" / "config.json").read_text())
     grid = toy.token_grid()
-    return run._methods(steps, grid[0] * grid[1], config, toy.MAX_WORDS, quick=quick)
+    return run._methods(steps, grid[0] * grid[1], dict(toy.model_spec().transformer), toy.MAX_WORDS, quick=quick)
 
 
 def _fake_study(keys, guidance=toy.DEFAULT_GUIDANCE):

@@ -49,14 +49,13 @@ def study_readback(methods: Sequence[RALUConfig | Baseline], baseline_steps: int
     the study's: another guidance or baseline, or a method the study did not run (a changed preset)."""
     if guidance != study["guidance"] or f"baseline:{baseline_steps}" not in study["readback"]:
         return None
-    found = []
-    for config in methods:
-        key = study_key(config, baseline_steps)
-        if isinstance(config, RALUConfig) and (key not in RALUConfig.PRESETS or
-                                               config != RALUConfig.preset(key).resolve(study["base_shift"])):
-            key = None  # not a preset, or one with changed fields (--quick): not what the study ran
-        found.append(study["readback"].get(key))
-    return found
+
+    def studied(config: RALUConfig | Baseline) -> bool:  # a preset with changed fields (--quick) was not
+        return isinstance(config, Baseline) or (config.name in RALUConfig.PRESETS and
+                                                config == RALUConfig.preset(config.name).resolve(study["base_shift"]))
+
+    return [study["readback"].get(study_key(config, baseline_steps)) if studied(config) else None
+            for config in methods]
 
 
 def _methods(steps: int, full_tokens: int, model_config: dict, text_tokens: int,
@@ -103,19 +102,17 @@ def run_demo(output: Path, steps: int = 50, guidance: float | None = None, quick
     toy.generate(model, prompts[:1], seeds[:1], RALUConfig.preset("flux-dev-4x", steps=(1, 1, 1)).resolve(3.0))
     rows = []
     methods = _methods(steps, full, model_config, text, quick)
-    for number, config in enumerate(methods, 1):
+    study = json.loads(study_path.read_text()) if study_path.is_file() else None
+    readbacks = (study and study_readback(methods, steps, guidance, study)) or [None] * len(methods)
+    for number, (config, readback) in enumerate(zip(methods, readbacks), 1):
         start = time.perf_counter()
         images, result = toy.generate(model, prompts, seeds, config, guidance)
         seconds = time.perf_counter() - start
         pictures = to_uint8(images)
         regions = None if result.layout is None else result.layout.mask().cpu().numpy()
         rows.append(DemoRow(config.name, result.model_calls, result.stage_tokens, seconds,
-                            speedup(config, full, steps, model_config, text), pictures, regions, None))
+                            speedup(config, full, steps, model_config, text), pictures, regions, readback))
         say(f"  [{number}/{len(methods)}] {config.name}: {result.model_calls} calls, {seconds:.1f} s")
-    study = json.loads(study_path.read_text()) if study_path.is_file() else None
-    readbacks = study and study_readback(methods, steps, guidance, study)
-    for row, readback in zip(rows, readbacks or ()):
-        row.readback = readback
     show_readback = any(row.readback for row in rows)
     base = rows[0]
     picture_rows = []
